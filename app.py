@@ -1,0 +1,173 @@
+"""The bridge's HTTP service: ``python app.py`` (surface contract: bridge-surface.md).
+
+``create_app`` is the app factory; resources (store, HTTP session, Graph client, Bot
+Framework adapter, job runner) are opened and closed in one ``cleanup_ctx`` so that
+SIGTERM drains in-flight jobs before the store closes.
+
+Data path: ``/api/neetochat/{ws}/webhooks`` → ``services/webhooks.py`` → stored job →
+``services/jobs.py`` → ``services/to_teams.py``; and ``/api/messages`` →
+``bots/teams_bot.py`` → stored job → ``services/to_neetochat.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+
+from bots.teams_bot import TeamsBot
+from services.admin import AdminApi
+from services.config import ConfigError, Settings
+from services.context import BridgeContext
+from services.crypto import SecretBox, load_or_create_key
+from services.graph import GraphChannels, build_graph_client
+from services.jobs import JobRunner
+from services.store import open_store
+from services.teams import TeamsPoster
+from services.webhooks import WebhookReceiver
+
+log = logging.getLogger("bridge")
+
+BOT_AUTH_NAMES = (
+    "TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL",
+    "TO_BOT_FROM_CHANNEL_TOKEN_ISSUER",
+    "TO_CHANNEL_FROM_BOT_LOGIN_URL",
+    "TO_CHANNEL_FROM_BOT_OAUTH_SCOPE",
+    "VALIDATE_AUTHORITY",
+)
+
+
+class BotConfig:
+    """The object botbuilder's ``ConfigurationBotFrameworkAuthentication`` reads, with
+    Microsoft's names (APP_ID …, and the TO_* endpoints only when set)."""
+
+    def __init__(self, settings: Settings, env: dict[str, str]) -> None:
+        self.APP_ID = settings.app_id
+        self.APP_PASSWORD = settings.app_password
+        self.APP_TYPE = settings.app_type
+        self.APP_TENANTID = settings.app_tenant_id
+        for name in BOT_AUTH_NAMES:
+            if env.get(name):
+                setattr(self, name, env[name])
+
+
+@dataclass
+class Runtime:
+    ctx: BridgeContext
+    runner: JobRunner
+    adapter: CloudAdapter
+    bot: TeamsBot
+    receiver: WebhookReceiver
+    admin: AdminApi
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+SETTINGS = web.AppKey("settings", Settings)
+ENV = web.AppKey("env", dict)
+
+
+async def _bridge(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = open_store(settings.mongodb_uri, settings.mongodb_db, settings.data_dir)
+    await store.open()
+    box = SecretBox(load_or_create_key(settings.secret_key, settings.data_dir))
+    http = aiohttp.ClientSession()
+    adapter = CloudAdapter(ConfigurationBotFrameworkAuthentication(BotConfig(settings, app[ENV])))
+    ctx = BridgeContext(
+        settings=settings,
+        store=store,
+        box=box,
+        http=http,
+        poster=TeamsPoster(adapter, settings.app_id),
+        channels=GraphChannels(build_graph_client(settings.graph_base_url)),
+    )
+    runner = JobRunner(ctx)
+    app[RUNTIME] = Runtime(
+        ctx=ctx,
+        runner=runner,
+        adapter=adapter,
+        bot=TeamsBot(store, runner.wake),
+        receiver=WebhookReceiver(store, box, runner.wake),
+        admin=AdminApi(ctx, runner.wake),
+    )
+    runner.start()
+    log.info("bridge ready on port %s (%s mode)", settings.port, "local" if settings.local_mode else "authenticated")
+    try:
+        yield
+    finally:
+        await runner.stop()
+        await http.close()
+        await store.close()
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    response = await rt.adapter.process(request, rt.bot)
+    return response or web.Response(status=201)
+
+
+async def webhooks(request: web.Request) -> web.Response:
+    return await request.app[RUNTIME].receiver.handle(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[RUNTIME].ctx.store.ping()
+    except Exception as exc:
+        return web.json_response({"status": "unavailable", "reason": f"store: {type(exc).__name__}"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def _admin(name: str):
+    async def handler(request: web.Request) -> web.Response:
+        return await getattr(request.app[RUNTIME].admin, name)(request)
+
+    return handler
+
+
+def create_app(settings: Settings | None = None, env: dict[str, str] | None = None) -> web.Application:
+    import os
+
+    env = dict(os.environ) if env is None else env
+    settings = settings or Settings.from_env(env)
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[ENV] = env
+    app.cleanup_ctx.append(_bridge)
+    admin = "/api/admin/workspaces/{workspace}"
+    app.add_routes(
+        [
+            web.post("/api/messages", messages),
+            web.post("/api/neetochat/{workspace}/webhooks", webhooks),
+            web.put(admin, _admin("put_workspace")),
+            web.get(admin, _admin("get_workspace")),
+            web.delete(admin, _admin("delete_workspace")),
+            web.put(admin + "/teams", _admin("put_teams")),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+        ]
+    )
+    return app
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    web.run_app(create_app(settings), port=settings.port, print=None, shutdown_timeout=30)
+
+
+if __name__ == "__main__":
+    main()

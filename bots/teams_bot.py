@@ -1,0 +1,102 @@
+"""The Teams activity handler: thin on purpose.
+
+It records installations, and turns a message in a conversation channel into a stored job
+(``services/inbox.py``); delivery to neetoChat happens after the activity is acknowledged
+(``services/to_neetochat.py``), so a slow or failing neetoChat never makes Teams retry or
+time out, and nothing written in Teams is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from botbuilder.core import TurnContext
+from botbuilder.core.teams import TeamsActivityHandler
+from botbuilder.schema import ChannelAccount
+from botbuilder.schema.teams import TeamInfo
+
+from dialogs.commands import parse_command
+from services.inbox import store_teams_work
+from services.store.base import Installation, Store
+from services.teams_text import html_to_text
+
+log = logging.getLogger(__name__)
+
+
+def _channel_data(activity) -> dict[str, Any]:
+    data = activity.channel_data or {}
+    return data if isinstance(data, dict) else data.serialize()
+
+
+class TeamsBot(TeamsActivityHandler):
+    def __init__(self, store: Store, on_enqueued: Callable[[], None]) -> None:
+        self.store = store
+        self.on_enqueued = on_enqueued
+
+    # installation ----------------------------------------------------------------------
+    async def on_installation_update_add(self, turn_context: TurnContext) -> None:
+        await self._installed(turn_context, True)
+
+    async def on_installation_update_remove(self, turn_context: TurnContext) -> None:
+        await self._installed(turn_context, False)
+
+    async def on_teams_members_added(  # conversationUpdate: the bot itself added to a team
+        self, teams_members_added: list[ChannelAccount], team_info: TeamInfo, turn_context: TurnContext
+    ) -> None:
+        if any(m.id == turn_context.activity.recipient.id for m in teams_members_added):
+            await self._installed(turn_context, True)
+
+    async def on_teams_members_removed(
+        self, teams_members_removed: list[ChannelAccount], team_info: TeamInfo, turn_context: TurnContext
+    ) -> None:
+        if any(m.id == turn_context.activity.recipient.id for m in teams_members_removed):
+            await self._installed(turn_context, False)
+
+    async def _installed(self, turn_context: TurnContext, installed: bool) -> None:
+        activity = turn_context.activity
+        data = _channel_data(activity)
+        team = data.get("team") or {}
+        if not team.get("id"):
+            return  # personal or group-chat install: the bridge works in teams only
+        tenant_id = (data.get("tenant") or {}).get("id") or activity.conversation.tenant_id
+        previous = await self.store.get_installation(team["id"])
+        await self.store.put_installation(
+            Installation(
+                team_id=team["id"],
+                aad_group_id=team.get("aadGroupId") or (previous.aad_group_id if previous else None),
+                tenant_id=tenant_id,
+                service_url=activity.service_url,
+                general_channel_id=team["id"],  # General's channel id is the team id
+                name=team.get("name") or (previous.name if previous else ""),
+                installed=installed,
+                updated_at=time.time(),
+            )
+        )
+        log.info("bot %s team %s", "installed in" if installed else "removed from", team["id"])
+
+    # messages --------------------------------------------------------------------------
+    async def on_message_activity(self, turn_context: TurnContext) -> None:
+        activity = turn_context.activity
+        if activity.from_property and activity.from_property.id == activity.recipient.id:
+            return  # never echo the bot's own posts
+        channel_id = (_channel_data(activity).get("channel") or {}).get("id")
+        if not channel_id:
+            return  # 1:1 and group chats are not conversation channels
+        portal = await self.store.get_portal_by_channel(channel_id)
+        if portal is None or portal.state != "open":
+            return  # a channel that is not a conversation's (e.g. General)
+        text = html_to_text(TurnContext.remove_recipient_mention(activity) or "")
+        command = parse_command(text)
+        sender = activity.from_property
+        payload = {
+            "text": text,
+            "channel_id": channel_id,
+            "user": {"id": sender.id, "aad_object_id": sender.aad_object_id, "name": sender.name},
+            "reference": TurnContext.get_conversation_reference(activity).serialize(),
+        }
+        kind = "teams_close" if command and command.name == "close" else "teams_message"
+        if await store_teams_work(self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload):
+            self.on_enqueued()

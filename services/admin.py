@@ -1,0 +1,182 @@
+"""The operator API (``/api/admin/...``): connect workspaces, link them to a team, read status.
+
+Bearer ``BRIDGE_ADMIN_TOKEN`` compared in constant time; without the variable the API is
+off (404). Secrets go in encrypted and never come out: responses and logs carry only
+non-secret fields.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+from aiohttp import web
+
+from services.context import BridgeContext
+from services.errors import RemoteError
+from services.inbox import store_link_confirmation
+from services.neetochat import NeetoChatClient
+from services.store.base import Workspace
+
+UPDATE_TYPES = ("new_conversations", "all_activity")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class AdminApi:
+    def __init__(self, ctx: BridgeContext, on_enqueued) -> None:
+        self.ctx = ctx
+        self.on_enqueued = on_enqueued
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.ctx.settings.admin_token
+        header = request.headers.get("Authorization", "")
+        if not token or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].encode(), token.encode())
+
+    async def _guard(self, request: web.Request) -> web.Response | None:
+        if not self.ctx.settings.admin_token:
+            return _error(404, "the operator API is off (BRIDGE_ADMIN_TOKEN is not set)")
+        if not self._authorized(request):
+            return _error(401, "missing or wrong bearer token")
+        return None
+
+    async def _json(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            body = await request.json(loads=json.loads)
+        except ValueError:
+            return _error(400, "the body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object")
+        return body
+
+    async def put_workspace(self, request: web.Request) -> web.Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        body = await self._json(request)
+        if isinstance(body, web.Response):
+            return body
+        ws_id = request.match_info["workspace"]
+        for key in ("base_url", "api_key", "webhook_secret"):
+            if not isinstance(body.get(key), str) or not body[key].strip():
+                return _error(400, f"{key} is required (a non-empty string)")
+        base_url = body["base_url"].rstrip("/")
+        if urlparse(base_url).scheme not in ("http", "https") or not urlparse(base_url).netloc:
+            return _error(400, "base_url must be an http(s) URL")
+        try:
+            info = await NeetoChatClient(self.ctx.http, base_url, body["api_key"]).get_workspace()
+        except RemoteError as exc:
+            reason = "neetoChat refused the API key" if exc.status == 401 else f"could not verify the API key: {exc}"
+            return _error(422, reason)
+        if info.get("subdomain") and info["subdomain"] != ws_id:
+            return _error(422, f"the API key belongs to workspace {info['subdomain']!r}, not {ws_id!r}")
+        existing = await self.ctx.store.get_workspace(ws_id)
+        ws = existing or Workspace(id=ws_id, base_url="", api_key_enc="", webhook_secret_enc="", created_at=time.time())
+        ws.base_url = base_url
+        ws.api_key_enc = self.ctx.box.encrypt(body["api_key"])
+        ws.webhook_secret_enc = self.ctx.box.encrypt(body["webhook_secret"])
+        ws.name = info.get("name") or ws_id
+        ws.app_url = info.get("app_url") or ""
+        ws.updated_at = time.time()
+        await self.ctx.store.put_workspace(ws)
+        return web.json_response(await self.status(ws), status=200 if existing else 201)
+
+    async def get_workspace(self, request: web.Request) -> web.Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
+        if ws is None:
+            return _error(404, "unknown workspace")
+        return web.json_response(await self.status(ws))
+
+    async def delete_workspace(self, request: web.Request) -> web.Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        if not await self.ctx.store.delete_workspace(request.match_info["workspace"]):
+            return _error(404, "unknown workspace")
+        return web.Response(status=204)
+
+    async def put_teams(self, request: web.Request) -> web.Response:
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        body = await self._json(request)
+        if isinstance(body, web.Response):
+            return body
+        ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
+        if ws is None:
+            return _error(404, "unknown workspace")
+        team_id = body.get("team_id")
+        if not isinstance(team_id, str) or not team_id:
+            return _error(400, "team_id is required")
+        update_type = body.get("update_type", "new_conversations")
+        if update_type not in UPDATE_TYPES:
+            return _error(400, f"update_type must be one of {', '.join(UPDATE_TYPES)}")
+        user = body.get("authorizing_user")
+        if not isinstance(user, dict) or not isinstance(user.get("email"), str):
+            return _error(400, "authorizing_user with an email is required")
+        try:
+            agent = await self.ctx.neetochat(ws).find_agent_by_email(user["email"])
+        except RemoteError as exc:
+            return _error(422, f"could not look up the authorizing user in neetoChat: {exc}")
+        if agent is None:
+            return _error(422, f"{user['email']} is not an active agent of this neetoChat workspace")
+        installation = await self.ctx.store.get_installation(team_id)
+        channel_id = body.get("notification_channel_id")
+        if channel_id is not None and not isinstance(channel_id, str):
+            return _error(400, "notification_channel_id must be a string")
+        ws.tenant_id = body.get("tenant_id") or (installation.tenant_id if installation else None)
+        ws.team_id = installation.team_id if installation else team_id
+        ws.aad_group_id = (
+            installation.aad_group_id if installation else (None if team_id.startswith("19:") else team_id)
+        )
+        ws.notification_channel_id = channel_id or None
+        ws.update_type = update_type
+        ws.authorizing_user = {
+            "aad_object_id": user.get("aad_object_id"),
+            "email": user["email"],
+            "name": user.get("name") or agent.get("name"),
+            "agent_id": agent["id"],
+        }
+        ws.updated_at = time.time()
+        await self.ctx.store.put_workspace(ws)
+        if await store_link_confirmation(self.ctx.store, ws.id, uuid.uuid4().hex):
+            self.on_enqueued()
+        return web.json_response(await self.status(ws))
+
+    async def status(self, ws: Workspace) -> dict[str, Any]:
+        """The workspace as an operator sees it; never a secret."""
+        installation = await self.ctx.store.get_installation(ws.team_id) if ws.team_id else None
+        counts = await self.ctx.store.job_counts(ws.id)
+        user = ws.authorizing_user or {}
+        return {
+            "workspace": ws.id,
+            "name": ws.name,
+            "base_url": ws.base_url,
+            "connected": True,
+            "teams": {
+                "linked": bool(ws.team_id),
+                "team_id": ws.team_id,
+                "aad_group_id": ws.aad_group_id or (installation.aad_group_id if installation else None),
+                "tenant_id": ws.tenant_id,
+                "bot_installed": bool(installation and installation.installed),
+                "notification_channel_id": ws.notification_channel_id
+                or (installation.general_channel_id if installation else None),
+                "update_type": ws.update_type,
+                "authorizing_user": {"name": user.get("name"), "email": user.get("email")} if user else None,
+            },
+            "open_links": await self.ctx.store.count_portals(ws.id, "open"),
+            "deliveries": {
+                "queued": counts.pending,
+                "failed": counts.dead,
+                "oldest_pending_age_seconds": round(time.time() - counts.oldest_pending_at, 1)
+                if counts.oldest_pending_at
+                else None,
+            },
+        }

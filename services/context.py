@@ -1,0 +1,74 @@
+"""Everything a job handler needs, built once by the app factory.
+
+Handlers take a ``BridgeContext`` instead of importing globals, so tests can build one
+against the sandbox and two bridge processes never share in-memory state by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from services.config import Settings
+from services.crypto import SecretBox
+from services.graph import GraphChannels
+from services.neetochat import NeetoChatClient
+from services.store.base import Installation, Store, Workspace
+from services.teams import TeamsPoster
+
+
+class NotLinked(Exception):
+    """The workspace has no usable Teams link; the job cannot be done now."""
+
+
+@dataclass
+class Destination:
+    """Where a workspace's Teams side lives: its link plus the team's installation."""
+
+    workspace: Workspace
+    installation: Installation
+
+    @property
+    def service_url(self) -> str:
+        return self.installation.service_url
+
+    @property
+    def tenant_id(self) -> str | None:
+        return self.workspace.tenant_id or self.installation.tenant_id
+
+    @property
+    def notification_channel_id(self) -> str:
+        return self.workspace.notification_channel_id or self.installation.general_channel_id
+
+
+@dataclass
+class BridgeContext:
+    settings: Settings
+    store: Store
+    box: SecretBox
+    http: aiohttp.ClientSession
+    poster: TeamsPoster
+    channels: GraphChannels
+    _clients: dict[str, tuple[str, NeetoChatClient]] = field(default_factory=dict)
+
+    def neetochat(self, ws: Workspace) -> NeetoChatClient:
+        """The workspace's API client, rebuilt when its key or URL changes."""
+        fingerprint = ws.base_url + ws.api_key_enc
+        cached = self._clients.get(ws.id)
+        if cached and cached[0] == fingerprint:
+            return cached[1]
+        client = NeetoChatClient(self.http, ws.base_url, self.box.decrypt(ws.api_key_enc))
+        self._clients[ws.id] = (fingerprint, client)
+        return client
+
+    async def destination(self, ws: Workspace) -> Destination:
+        """The team a workspace posts to, or ``NotLinked`` saying what is missing."""
+        if not ws.team_id:
+            raise NotLinked("the workspace is not linked to a Teams team")
+        inst = await self.store.get_installation(ws.team_id)
+        if inst is None:
+            raise NotLinked("the bot has not been installed in the linked team yet")
+        if not inst.installed:
+            raise NotLinked("the bot was removed from the linked team")
+        return Destination(ws, inst)

@@ -1,0 +1,118 @@
+"""Conversation channels through Microsoft Graph, with msgraph-sdk.
+
+Channels are created and deleted app-only (the team's resource-specific consent, see the
+manifest). In authenticated mode the token comes from azure-identity's
+``ClientSecretCredential``; in local mode no token is sent and ``GRAPH_BASE_URL`` points at
+a stand-in. Kiota's own retry middleware is switched off: a retried channel create could
+make a second channel, and the durable job loop already retries with backoff after
+checking whether the first attempt went through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+from kiota_abstractions.api_error import APIError
+from kiota_abstractions.authentication import AnonymousAuthenticationProvider, AuthenticationProvider
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_http.middleware.options import RetryHandlerOption
+from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.models.channel import Channel
+from msgraph.generated.models.channel_membership_type import ChannelMembershipType
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.teams.item.channels.channels_request_builder import ChannelsRequestBuilder
+from msgraph_core import GraphClientFactory
+
+from services.errors import RemoteError, parse_retry_after
+
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    id: str
+    name: str
+    web_url: str | None
+
+
+def build_graph_client(base_url: str, auth_provider: AuthenticationProvider | None = None) -> GraphServiceClient:
+    """A Graph client rooted at ``base_url``; anonymous (local mode) unless a provider is given."""
+    http = GraphClientFactory.create_with_default_middleware(
+        client=httpx.AsyncClient(timeout=httpx.Timeout(30.0)),
+        options={RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=0, should_retry=False)},
+    )
+    adapter = GraphRequestAdapter(auth_provider or AnonymousAuthenticationProvider(), client=http)
+    adapter.base_url = base_url
+    return GraphServiceClient(request_adapter=adapter)
+
+
+def _remote_error(exc: APIError) -> RemoteError:
+    code = None
+    message = str(exc)
+    if isinstance(exc, ODataError) and exc.error is not None:
+        code = exc.error.code
+        message = exc.error.message or code or message
+    headers = {k.lower(): v for k, v in (exc.response_headers or {}).items()}
+    return RemoteError(
+        "Graph",
+        message,
+        status=exc.response_status_code,
+        code=code,
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )
+
+
+@contextmanager
+def _graph_call() -> Iterator[None]:
+    """Turn msgraph-sdk/httpx failures into ``RemoteError`` for the job loop."""
+    try:
+        yield
+    except APIError as exc:
+        raise _remote_error(exc) from exc
+    except httpx.HTTPError as exc:
+        raise RemoteError("Graph", f"{type(exc).__name__}: {exc}") from exc
+
+
+class GraphChannels:
+    """Create, find and delete standard channels of a team (by its AAD group id)."""
+
+    def __init__(self, client: GraphServiceClient) -> None:
+        self._client = client
+
+    async def create(self, group_id: str, name: str, description: str) -> ChannelInfo:
+        body = Channel(
+            display_name=name,
+            description=description,
+            membership_type=ChannelMembershipType.Standard,
+        )
+        with _graph_call():
+            created = await self._client.teams.by_team_id(group_id).channels.post(body)
+        return ChannelInfo(id=created.id, name=created.display_name, web_url=created.web_url)
+
+    async def find_by_name(self, group_id: str, name: str) -> ChannelInfo | None:
+        """The live channel called ``name``: how a retried create learns that the first
+        attempt succeeded after all (Graph has answered 502 to creates that went through)."""
+        escaped = name.replace("'", "''")
+        config = RequestConfiguration(
+            query_parameters=ChannelsRequestBuilder.ChannelsRequestBuilderGetQueryParameters(
+                filter=f"displayName eq '{escaped}'"
+            )
+        )
+        with _graph_call():
+            page = await self._client.teams.by_team_id(group_id).channels.get(request_configuration=config)
+        for channel in (page.value if page else None) or []:
+            if (channel.display_name or "").lower() == name.lower():
+                return ChannelInfo(id=channel.id, name=channel.display_name, web_url=channel.web_url)
+        return None
+
+    async def delete(self, group_id: str, channel_id: str) -> None:
+        """Delete; a channel that is already gone counts as deleted."""
+        try:
+            with _graph_call():
+                await self._client.teams.by_team_id(group_id).channels.by_channel_id(channel_id).delete()
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise

@@ -1,0 +1,154 @@
+"""The durable job loop: claims stored work, runs it, retries it, or dead-letters it.
+
+Webhooks and Teams activities are acknowledged as soon as they are stored as jobs; this
+loop does the slow part afterwards. The store hands out at most one job per conversation
+at a time (its oldest), under a lease, so one conversation's work runs in order while
+different conversations run concurrently, and a second bridge process, or this one after
+``kill -9``, picks up whatever a dead owner left once its lease expires.
+
+A failed job is retried with exponential backoff and jitter, never sooner than the
+remote service's ``Retry-After``; failures that cannot succeed (4xx other than
+throttling), and jobs out of attempts, become dead letters with the reason, visible in the
+operator status, and for messages written in Teams also in the Teams thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+from services import to_neetochat, to_teams
+from services.context import BridgeContext, NotLinked
+from services.errors import RemoteError
+from services.store.base import Job
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        ctx: BridgeContext,
+        *,
+        owner: str | None = None,
+        concurrency: int = 16,
+        lease_seconds: float = 120.0,
+        max_attempts: int = 12,
+        base_delay: float = 1.0,
+        max_delay: float = 600.0,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ctx = ctx
+        self.owner = owner or f"bridge-{uuid.uuid4().hex[:12]}"
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """New work was stored: look now instead of at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="job-runner")
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight jobs finish (their leases protect the rest)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._in_flight)
+            jobs = []
+            if free > 0:
+                try:
+                    jobs = await self.ctx.store.claim_jobs(self.owner, self.clock(), self.lease_seconds, free)
+                except Exception:  # the store is down: /readyz says so; keep trying
+                    log.exception("claiming jobs failed")
+            for job in jobs:
+                task = asyncio.create_task(self._run(job))
+                self._in_flight.add(task)
+                task.add_done_callback(self._done)
+            if not jobs:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._wake.set()  # the partition may have a next job now
+
+    async def _run(self, job: Job) -> None:
+        extra = {"workspace": job.workspace_id, "job": job.seq, "kind": job.kind}
+        try:
+            await self._dispatch(job)
+        except (NotLinked, to_neetochat.Refused) as exc:
+            await self._dead(job, str(exc))
+        except RemoteError as exc:
+            if exc.retryable and job.attempts + 1 < self.max_attempts:
+                await self._retry(job, str(exc), exc.retry_after)
+            else:
+                await self._dead(job, str(exc))
+        except Exception as exc:  # a bug or an unexpected answer: retry, then dead-letter
+            log.exception("job failed", extra=extra)
+            if job.attempts + 1 < self.max_attempts:
+                await self._retry(job, f"{type(exc).__name__}: {exc}", None)
+            else:
+                await self._dead(job, f"{type(exc).__name__}: {exc}")
+        else:
+            await self.ctx.store.finish_job(job.seq, self.owner, "done")
+
+    async def _dispatch(self, job: Job) -> None:
+        ws = await self.ctx.store.get_workspace(job.workspace_id)
+        if ws is None:
+            return  # disconnected since: nothing to deliver to
+        if job.kind == "neetochat_event":
+            await to_teams.handle_event(self.ctx, ws, job.payload)
+        elif job.kind == "teams_message":
+            await to_neetochat.send_message(self.ctx, ws, job.payload)
+        elif job.kind == "teams_close":
+            await to_neetochat.close_from_teams(self.ctx, ws, job.payload)
+        elif job.kind == "link_confirmation":
+            await to_teams.confirm_link(self.ctx, ws, job.payload)
+        else:
+            raise to_neetochat.Refused(f"unknown job kind {job.kind!r}")
+
+    def backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Exponential with full jitter in its upper half; never before Retry-After."""
+        delay = min(self.max_delay, self.base_delay * (2**attempts))
+        delay = delay * (0.5 + random.random() / 2)
+        return max(delay, retry_after or 0.0)
+
+    async def _retry(self, job: Job, error: str, retry_after: float | None) -> None:
+        delay = self.backoff(job.attempts, retry_after)
+        log.warning("job %s retry in %.1fs: %s", job.seq, delay, error)
+        await self.ctx.store.retry_job(job.seq, self.owner, self.clock() + delay, error)
+        self._wake.set()
+
+    async def _dead(self, job: Job, reason: str) -> None:
+        log.error("job %s dead: %s", job.seq, reason, extra={"workspace": job.workspace_id})
+        await self.ctx.store.finish_job(job.seq, self.owner, "dead", reason)
+        if job.kind in ("teams_message", "teams_close"):
+            what = "close the conversation" if job.kind == "teams_close" else "deliver this message to the visitor"
+            try:
+                await to_neetochat.tell_thread(self.ctx, job.payload, f"⚠️ Could not {what}: {reason}")
+            except Exception:
+                log.exception("could not post the failure notice for job %s", job.seq)

@@ -1,0 +1,133 @@
+"""Client for neetoChat's external API (contract: neetochat-external-api.yaml).
+
+One instance per workspace, sharing the app's aiohttp session. It makes exactly one
+attempt per call: retries belong to the durable delivery loop, which survives restarts
+and honours ``Retry-After`` without holding a request open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from services.errors import RemoteError, parse_retry_after
+
+API_PREFIX = "/api/external/v1"
+TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class NeetoChatClient:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
+        self._session = session
+        self._root = base_url.rstrip("/") + API_PREFIX
+        self._headers = {"X-Api-Key": api_key, "Accept": "application/json"}
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        headers = dict(self._headers)
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        try:
+            async with self._session.request(
+                method,
+                self._root + path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=TIMEOUT,
+            ) as resp:
+                if resp.status == 204:
+                    return None
+                body = await _json_or_none(resp)
+                if resp.status >= 400:
+                    message = (body or {}).get("error") if isinstance(body, dict) else None
+                    raise RemoteError(
+                        "neetoChat",
+                        message or resp.reason or "request failed",
+                        status=resp.status,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                    )
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RemoteError("neetoChat", f"{type(exc).__name__}: {exc}") from exc
+
+    async def get_workspace(self) -> dict[str, Any]:
+        return await self._call("GET", "/workspace")
+
+    async def find_agent_by_email(self, email: str) -> dict[str, Any] | None:
+        """The active agent with this email (neetoChat matches case-insensitively)."""
+        body = await self._call("GET", "/agents", params={"email": email})
+        agents = [a for a in body.get("agents", []) if a.get("active", True)]
+        return agents[0] if agents else None
+
+    async def get_conversation(self, conversation_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/conversations/{conversation_id}")
+
+    async def iter_messages(self, conversation_id: str, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
+        """Every message oldest first, following ``next_cursor``."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor:
+                params["after"] = cursor
+            page = await self._call("GET", f"/conversations/{conversation_id}/messages", params=params)
+            for message in page.get("messages", []):
+                yield message
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def create_message(
+        self,
+        conversation_id: str,
+        *,
+        agent_id: str,
+        body: str,
+        external_id: str,
+        attachment_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Post as ``agent_id``; the Teams activity id is both ``external_id`` (so the
+        webhook echo is recognised) and the ``Idempotency-Key`` (so a retry after a lost
+        answer creates nothing new)."""
+        payload: dict[str, Any] = {
+            "agent_id": agent_id,
+            "body": body,
+            "source": "teams",
+            "external_id": external_id,
+        }
+        if attachment_ids:
+            payload["attachment_ids"] = attachment_ids
+        return await self._call(
+            "POST",
+            f"/conversations/{conversation_id}/messages",
+            json=payload,
+            idempotency_key=f"teams-msg-{external_id}",
+        )
+
+    async def assign_to_agent(self, conversation_id: str, agent_id: str, actor_agent_id: str) -> dict[str, Any]:
+        return await self._call(
+            "PUT",
+            f"/conversations/{conversation_id}/assignee",
+            json={"agent_id": agent_id, "actor_agent_id": actor_agent_id},
+        )
+
+    async def close_conversation(self, conversation_id: str, actor_agent_id: str) -> dict[str, Any]:
+        return await self._call(
+            "POST", f"/conversations/{conversation_id}/close", json={"actor_agent_id": actor_agent_id}
+        )
+
+
+async def _json_or_none(resp: aiohttp.ClientResponse) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        return None

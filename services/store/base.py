@@ -1,0 +1,238 @@
+"""The store's contract: what the bridge keeps, and the operations on it.
+
+Two implementations honour this contract (``sqlite.py`` for the embedded default under
+``DATA_DIR``, ``mongo.py`` for MongoDB through motor) and one set of contract tests
+(``tests/test_store_contract.py``) runs against both. Deduplication is done by unique
+indexes, never by read-then-write, so that a retried webhook, a redelivered activity or a
+second bridge process can never create a second row.
+
+Shapes (mautrix-style): a *workspace* is a connected neetoChat workspace; an
+*installation* is a Teams team the bot was added to; a *portal* is one neetoChat
+conversation and the Teams channel that mirrors it; a *message link* maps one neetoChat
+message id to one Teams activity id; a *job* is one unit of durable work (an inbound
+event, or a message written in Teams) processed in order per conversation.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Workspace:
+    """A connected neetoChat workspace. Secrets are stored encrypted (``*_enc``)."""
+
+    id: str  # the workspace subdomain, as in webhook paths and events
+    base_url: str
+    api_key_enc: str
+    webhook_secret_enc: str
+    name: str = ""
+    app_url: str = ""
+    # Teams link (None until PUT .../teams or the sign-in flow links a team)
+    tenant_id: str | None = None
+    team_id: str | None = None  # Teams thread id, 19:…@thread.tacv2
+    aad_group_id: str | None = None  # what Graph calls the team id
+    notification_channel_id: str | None = None
+    update_type: str = "new_conversations"  # or "all_activity"
+    authorizing_user: dict[str, Any] | None = None  # aad_object_id, email, name
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass
+class Installation:
+    """A team the bot is installed in, as learned from installation activities."""
+
+    team_id: str  # 19:…@thread.tacv2
+    aad_group_id: str | None
+    tenant_id: str | None
+    service_url: str
+    general_channel_id: str
+    name: str = ""
+    installed: bool = True
+    updated_at: float = 0.0
+
+
+@dataclass
+class Portal:
+    """One neetoChat conversation and its Teams channel.
+
+    ``state`` moves ``pending`` → ``open`` (channel exists) → ``closed`` (channel deleted).
+    ``channel_id`` is set as soon as Graph returns it, before anything is posted, so a
+    crash after creation never creates a second channel.
+    """
+
+    workspace_id: str
+    conversation_id: str
+    number: int
+    state: str = "pending"
+    team_id: str | None = None
+    channel_id: str | None = None
+    channel_name: str | None = None
+    channel_url: str | None = None
+    conversation_reference: dict[str, Any] | None = None  # botbuilder ConversationReference
+    notice_activity_id: str | None = None  # the card in the notification channel
+    intro_activity_id: str | None = None  # the card that opens the conversation channel
+    backfilled: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass
+class MessageLink:
+    """One neetoChat message ↔ one Teams activity.
+
+    Written with ``teams_activity_id=None`` *before* a post to Teams (the intent) and
+    completed after it, so recovery can tell "never posted" from "posted, not recorded".
+    """
+
+    workspace_id: str
+    conversation_id: str
+    neeto_message_id: str | None
+    teams_activity_id: str | None
+    direction: str  # "to_teams" or "to_neetochat"
+    created_at: float = 0.0
+
+
+@dataclass
+class Job:
+    """Durable work. ``partition`` (workspace + conversation) is processed strictly in
+    ``seq`` order: a job is claimable only when it is its partition's oldest unfinished one.
+    """
+
+    seq: int
+    kind: str  # "neetochat_event" | "teams_message" | "teams_close"
+    workspace_id: str
+    partition: str
+    dedupe_key: str
+    payload: dict[str, Any]
+    status: str = "pending"  # pending | done | dead
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+    last_error: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+
+@dataclass
+class JobCounts:
+    pending: int = 0
+    done: int = 0
+    dead: int = 0
+    oldest_pending_at: float | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Store(abc.ABC):
+    """Async persistence. Every method is safe to call concurrently from one event loop;
+    claim/lease methods are also safe across processes sharing one database."""
+
+    # lifecycle -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending numbered migrations (idempotent)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise if the database is unreachable (used by /readyz)."""
+
+    # workspaces ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_workspace(self, ws: Workspace) -> None:
+        """Insert or replace the whole record (keyed by ``ws.id``)."""
+
+    @abc.abstractmethod
+    async def get_workspace(self, workspace_id: str) -> Workspace | None: ...
+
+    @abc.abstractmethod
+    async def delete_workspace(self, workspace_id: str) -> bool:
+        """Remove the workspace, its portals, links and unfinished jobs. True if it existed."""
+
+    @abc.abstractmethod
+    async def workspaces_for_team(self, team_id: str) -> list[Workspace]: ...
+
+    # installations -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_installation(self, inst: Installation) -> None:
+        """Insert or replace (keyed by ``inst.team_id``)."""
+
+    @abc.abstractmethod
+    async def get_installation(self, team_id_or_group_id: str) -> Installation | None:
+        """Find by Teams thread id or by AAD group id."""
+
+    # portals -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_portal(self, portal: Portal) -> bool:
+        """Insert if (workspace, conversation) is new. False if it already existed."""
+
+    @abc.abstractmethod
+    async def get_portal(self, workspace_id: str, conversation_id: str) -> Portal | None: ...
+
+    @abc.abstractmethod
+    async def get_portal_by_channel(self, channel_id: str) -> Portal | None:
+        """The open portal whose Teams channel is ``channel_id``."""
+
+    @abc.abstractmethod
+    async def update_portal(self, workspace_id: str, conversation_id: str, **fields: Any) -> None: ...
+
+    @abc.abstractmethod
+    async def count_portals(self, workspace_id: str, state: str | None = None) -> int: ...
+
+    # message links -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_message_link(self, link: MessageLink) -> bool:
+        """Insert; False when the neetoChat id or the Teams activity id is already linked
+        (unique indexes on (workspace, neeto_message_id) and (workspace, teams_activity_id),
+        each ignoring None)."""
+
+    @abc.abstractmethod
+    async def get_link_by_neeto_id(self, workspace_id: str, neeto_message_id: str) -> MessageLink | None: ...
+
+    @abc.abstractmethod
+    async def get_link_by_activity_id(self, workspace_id: str, teams_activity_id: str) -> MessageLink | None: ...
+
+    @abc.abstractmethod
+    async def complete_message_link(
+        self,
+        workspace_id: str,
+        *,
+        neeto_message_id: str | None = None,
+        teams_activity_id: str | None = None,
+    ) -> None:
+        """Fill in the missing side of a link found by the side that is given.
+
+        ``to_teams`` links are found by neeto id and get the activity id; ``to_neetochat``
+        links are found by activity id and get the neeto id.
+        """
+
+    # jobs ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, job: Job) -> bool:
+        """Insert a pending job (``seq`` is assigned by the store). False, and nothing
+        written, if ``dedupe_key`` was seen before (in any status)."""
+
+    @abc.abstractmethod
+    async def claim_jobs(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Job]:
+        """Lease up to ``limit`` due jobs, each the oldest unfinished job of its partition,
+        at most one per partition, none whose partition is leased by someone else."""
+
+    @abc.abstractmethod
+    async def finish_job(self, seq: int, owner: str, status: str, error: str | None = None) -> bool:
+        """Mark done/dead if ``owner`` still holds the lease (fencing). False otherwise."""
+
+    @abc.abstractmethod
+    async def retry_job(self, seq: int, owner: str, next_attempt_at: float, error: str) -> bool:
+        """Release the lease, bump attempts, reschedule. False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def job_counts(self, workspace_id: str | None = None) -> JobCounts: ...
+
+    @abc.abstractmethod
+    async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]: ...

@@ -1,0 +1,124 @@
+"""Posting into Teams channels as the bot, with botbuilder's CloudAdapter (proactive).
+
+A new root post in a channel is botbuilder's ``create_conversation`` with the channel in
+``channelData`` (what ``TeamsInfo.send_message_to_teams_channel`` does); updates and
+deletes continue the stored ``ConversationReference``. Each call makes one attempt and
+raises ``RemoteError``: the durable job loop decides about retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botbuilder.core import TurnContext
+from botbuilder.core.teams import TeamsInfo
+from botbuilder.integration.aiohttp import CloudAdapter
+from botbuilder.schema import (
+    Activity,
+    ChannelAccount,
+    ConversationParameters,
+    ConversationReference,
+)
+from botbuilder.schema.teams import ChannelInfo, TeamsChannelData, TenantInfo
+from botframework.connector import Channels
+from msrest.exceptions import ClientRequestError, HttpOperationError
+
+from services.errors import RemoteError, parse_retry_after
+
+
+def _remote_error(exc: Exception) -> RemoteError:
+    if isinstance(exc, HttpOperationError):
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None) or getattr(response, "status", None)
+        headers = getattr(response, "headers", None) or {}
+        code = None
+        error = getattr(exc, "error", None)
+        inner = getattr(error, "error", None)
+        if inner is not None:
+            code = getattr(inner, "code", None)
+        return RemoteError(
+            "Teams",
+            str(exc),
+            status=status,
+            code=code,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )
+    return RemoteError("Teams", f"{type(exc).__name__}: {exc}")
+
+
+_CALL_ERRORS = (HttpOperationError, ClientRequestError, OSError, TimeoutError)
+
+
+class TeamsPoster:
+    """Root posts, updates and deletes in Teams channels on behalf of the bot."""
+
+    def __init__(self, adapter: CloudAdapter, app_id: str) -> None:
+        self._adapter = adapter
+        self._app_id = app_id
+
+    async def post_to_channel(
+        self, *, service_url: str, tenant_id: str | None, channel_id: str, activity: Activity
+    ) -> tuple[str, dict[str, Any]]:
+        """Post ``activity`` as a new root post; returns (activity id, reference of the
+        channel conversation as a JSON-able dict)."""
+        params = ConversationParameters(
+            is_group=True,
+            bot=ChannelAccount(id=f"28:{self._app_id}" if self._app_id else None),
+            channel_data=TeamsChannelData(channel=ChannelInfo(id=channel_id), tenant=TenantInfo(id=tenant_id)),
+            tenant_id=tenant_id,
+            activity=activity,
+        )
+        result: dict[str, Any] = {}
+
+        async def capture(turn_context: TurnContext) -> None:
+            result["id"] = turn_context.activity.id
+            reference = TurnContext.get_conversation_reference(turn_context.activity)
+            result["reference"] = reference.serialize()
+
+        try:
+            await self._adapter.create_conversation(self._app_id, capture, params, Channels.ms_teams, service_url, None)
+        except _CALL_ERRORS as exc:
+            raise _remote_error(exc) from exc
+        return result["id"], result["reference"]
+
+    async def update(self, reference: dict[str, Any], activity_id: str, activity: Activity) -> None:
+        async def run(turn_context: TurnContext) -> None:
+            activity.id = activity_id
+            await turn_context.update_activity(activity)
+
+        await self._continue(reference, run)
+
+    async def delete(self, reference: dict[str, Any], activity_id: str) -> None:
+        async def run(turn_context: TurnContext) -> None:
+            await turn_context.delete_activity(activity_id)
+
+        await self._continue(reference, run)
+
+    async def reply(self, reference: dict[str, Any], activity: Activity) -> str:
+        """Send into the conversation of ``reference`` (a thread when it names one)."""
+        sent: dict[str, str] = {}
+
+        async def run(turn_context: TurnContext) -> None:
+            response = await turn_context.send_activity(activity)
+            sent["id"] = response.id if response else ""
+
+        await self._continue(reference, run)
+        return sent["id"]
+
+    async def member(self, reference: dict[str, Any], user_id: str) -> dict[str, Any]:
+        """The Teams member (name, email, aadObjectId) as the connector's roster has it."""
+        found: dict[str, Any] = {}
+
+        async def run(turn_context: TurnContext) -> None:
+            account = await TeamsInfo.get_member(turn_context, user_id)
+            found.update(account.serialize())
+
+        await self._continue(reference, run)
+        return found
+
+    async def _continue(self, reference: dict[str, Any], logic) -> None:
+        ref = ConversationReference().deserialize(reference)
+        try:
+            await self._adapter.continue_conversation(ref, logic, self._app_id or None)
+        except _CALL_ERRORS as exc:
+            raise _remote_error(exc) from exc

@@ -1,0 +1,98 @@
+"""Teams → neetoChat: where a message written in a conversation channel reaches the visitor.
+
+The activity was stored as a job when it arrived (``bots/teams_bot.py``); here it is
+delivered. Who writes: the Teams member's email (from the connector's roster) matched to a
+neetoChat agent; anyone else writes as the user who authorized the integration. Either
+way the conversation is assigned to that agent when no agent has it (seed: "assigned to
+the user similar to the way in neetoChat app").
+
+Exactly once: the link (activity id → pending) is recorded before the POST, the activity
+id is the ``Idempotency-Key``, and the created message id completes the link, so a rerun
+after a crash either skips or repeats a request that neetoChat deduplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from botbuilder.schema import Activity, ActivityTypes
+
+from cards import notices
+from services.context import BridgeContext
+from services.errors import RemoteError
+from services.store.base import MessageLink, Workspace
+from services.to_teams import close_portal
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """neetoChat will not take this message; the reason is shown to the Teams user."""
+
+
+async def resolve_agent(
+    ctx: BridgeContext, ws: Workspace, reference: dict[str, Any], user: dict[str, Any]
+) -> dict[str, Any]:
+    """The neetoChat agent a Teams user writes as."""
+    client = ctx.neetochat(ws)
+    email = user.get("email")
+    if not email and user.get("id"):
+        try:
+            member = await ctx.poster.member(reference, user["id"])
+            email = member.get("email") or member.get("userPrincipalName")
+        except RemoteError as exc:
+            if exc.retryable:
+                raise
+            log.warning("member lookup refused: %s", exc)  # fall back to the authorizing user
+    if email:
+        agent = await client.find_agent_by_email(email)
+        if agent:
+            return agent
+    fallback = (ws.authorizing_user or {}).get("agent_id")
+    if not fallback:
+        raise Refused("the integration has no authorizing user to write as; reconnect it from neetoChat")
+    return {"id": fallback, "name": (ws.authorizing_user or {}).get("name")}
+
+
+async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """Deliver one Teams channel message to the conversation in neetoChat."""
+    conversation_id = payload["conversation_id"]
+    activity_id = payload["activity_id"]
+    link = await ctx.store.get_link_by_activity_id(ws.id, activity_id)
+    if link and link.neeto_message_id:
+        return
+    if link is None:
+        await ctx.store.add_message_link(MessageLink(ws.id, conversation_id, None, activity_id, "to_neetochat"))
+    if not payload["text"]:
+        raise Refused("only text is delivered to the visitor so far; attachments were not sent")
+    client = ctx.neetochat(ws)
+    agent = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
+    conversation = await client.get_conversation(conversation_id)
+    if conversation.get("status") == "closed":
+        raise Refused("this conversation is closed in neetoChat")
+    if not conversation.get("assignee") or conversation["assignee"].get("type") != "agent":
+        await client.assign_to_agent(conversation_id, agent["id"], agent["id"])
+    try:
+        created = await client.create_message(
+            conversation_id, agent_id=agent["id"], body=payload["text"], external_id=activity_id
+        )
+    except RemoteError as exc:
+        if exc.status == 422:
+            raise Refused(str(exc)) from exc
+        raise
+    await ctx.store.complete_message_link(ws.id, teams_activity_id=activity_id, neeto_message_id=created["id"])
+
+
+async def close_from_teams(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """``/close``: close in neetoChat as the writer, then delete the channel."""
+    agent = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
+    await ctx.neetochat(ws).close_conversation(payload["conversation_id"], agent["id"])
+    dest = await ctx.destination(ws)
+    await close_portal(ctx, dest, payload["conversation_id"], agent)
+
+
+async def tell_thread(ctx: BridgeContext, payload: dict[str, Any], text: str) -> None:
+    """Reply in the Teams thread the message came from (failures must be visible there)."""
+    activity = Activity(type=ActivityTypes.message, text=notices.notice_html(text), text_format="xml")
+    await ctx.poster.reply(payload["reference"], activity)

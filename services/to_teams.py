@@ -1,0 +1,252 @@
+"""neetoChat → Teams: where a stored webhook event becomes channels and posts.
+
+Every handler is idempotent and resumable, because a job can be cut off at any point
+(crash, ``kill -9``, lost lease) and run again from the start:
+
+- the portal row is created before the channel, and the channel id recorded as soon as
+  Graph returns it, so a rerun never makes a second channel;
+- every post goes through ``post_once`` with a stable key (the neetoChat message id, or
+  ``intro:``/``notice:``/``event:`` keys), which records an intent before posting and the
+  Teams activity id after; a key with an activity id is never posted again.
+
+Events can arrive twice, late or out of order; the outcome is the same because any event
+for a conversation first *ensures* its portal (create channel, intro card, notice, then
+backfill every earlier message from ``GET /conversations/{id}/messages`` in order).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from botbuilder.schema import Activity, ActivityTypes
+
+from cards import notices
+from cards.conversation import card_attachment, new_conversation_card
+from services.channel_names import channel_name
+from services.context import BridgeContext, Destination
+from services.errors import RemoteError
+from services.store.base import MessageLink, Portal, Workspace
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_ATTEMPTS = 20
+
+
+def html_activity(text: str) -> Activity:
+    return Activity(type=ActivityTypes.message, text=text, text_format="xml")
+
+
+def card_activity(card: dict[str, Any]) -> Activity:
+    return Activity(type=ActivityTypes.message, attachments=[card_attachment(card)])
+
+
+async def post_once(
+    ctx: BridgeContext,
+    dest: Destination,
+    conversation_id: str,
+    key: str,
+    channel_id: str,
+    activity: Activity,
+) -> tuple[str, dict[str, Any] | None]:
+    """Post ``activity`` as a root post in ``channel_id`` unless ``key`` was posted before.
+
+    Returns (activity id, channel conversation reference or None if it was posted before).
+    """
+    ws_id = dest.workspace.id
+    link = await ctx.store.get_link_by_neeto_id(ws_id, key)
+    if link and link.teams_activity_id:
+        return link.teams_activity_id, None
+    if link is None:
+        await ctx.store.add_message_link(MessageLink(ws_id, conversation_id, key, None, "to_teams"))
+    activity_id, reference = await ctx.poster.post_to_channel(
+        service_url=dest.service_url,
+        tenant_id=dest.tenant_id,
+        channel_id=channel_id,
+        activity=activity,
+    )
+    await ctx.store.complete_message_link(ws_id, neeto_message_id=key, teams_activity_id=activity_id)
+    return activity_id, reference
+
+
+async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any]) -> None:
+    """Apply one neetoChat event to Teams."""
+    name = event["event"]
+    data = event["data"]
+    conversation = data["conversation"]
+    dest = await ctx.destination(ws)
+    if name == "conversation.closed":
+        await close_portal(ctx, dest, conversation["id"], data.get("actor"))
+        return
+    portal = await ensure_portal(ctx, dest, conversation)
+    if portal is None or portal.state != "open":
+        return
+    if name == "message.created":
+        await deliver_message(ctx, dest, portal, data["message"], conversation)
+    elif name in ("conversation.assigned", "conversation.unassigned"):
+        await post_assignment(ctx, dest, portal, event)
+    # conversation.created is fully handled by ensure_portal; the other events
+    # (edits, deletes, reopen) come with later features and change nothing here.
+
+
+async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation: dict[str, Any]) -> Portal | None:
+    """The conversation's portal, created and backfilled if it does not exist yet.
+
+    None when the conversation is closed and never had a channel: a late
+    ``conversation.created`` must not resurrect a closed conversation.
+    """
+    ws_id = dest.workspace.id
+    conv_id = conversation["id"]
+    portal = await ctx.store.get_portal(ws_id, conv_id)
+    if portal and portal.state == "open" and portal.backfilled:
+        return portal
+    if portal and portal.state == "closed":
+        return portal
+    client = ctx.neetochat(dest.workspace)
+    if portal is None:
+        current = await client.get_conversation(conv_id)  # the event's copy may be stale
+        if current.get("status") == "closed":
+            await ctx.store.create_portal(Portal(ws_id, conv_id, current["number"], state="closed"))
+            return None
+        await ctx.store.create_portal(Portal(ws_id, conv_id, current["number"], team_id=dest.workspace.team_id))
+        portal = await ctx.store.get_portal(ws_id, conv_id)
+        conversation = current
+    assert portal is not None
+    history = [m async for m in client.iter_messages(conv_id)]
+    if portal.channel_id is None:
+        portal = await _create_channel(ctx, dest, portal, conversation)
+    first = next((m for m in history if _is_bridgeable(m) and m["sender"].get("type") == "visitor"), None)
+    card = new_conversation_card(conversation, first["body"] if first else None, portal.channel_url)
+    intro_id, reference = await post_once(
+        ctx, dest, conv_id, f"intro:{conv_id}", portal.channel_id, card_activity(card)
+    )
+    if first:  # the intro card shows the first message: don't post it twice
+        await ctx.store.add_message_link(MessageLink(ws_id, conv_id, first["id"], f"{intro_id}#first", "to_teams"))
+    fields: dict[str, Any] = {"intro_activity_id": intro_id}
+    if reference:
+        fields["conversation_reference"] = reference
+    notice_id, _ = await post_once(
+        ctx, dest, conv_id, f"notice:{conv_id}", dest.notification_channel_id, card_activity(card)
+    )
+    fields["notice_activity_id"] = notice_id
+    await ctx.store.update_portal(ws_id, conv_id, **fields)
+    portal = await ctx.store.get_portal(ws_id, conv_id)
+    assert portal is not None
+    for message in history:
+        await deliver_message(ctx, dest, portal, message, conversation)
+    await ctx.store.update_portal(ws_id, conv_id, backfilled=True)
+    portal.backfilled = True
+    return portal
+
+
+async def _create_channel(
+    ctx: BridgeContext, dest: Destination, portal: Portal, conversation: dict[str, Any]
+) -> Portal:
+    """Create the conversation's channel, choosing another name while Teams says the name
+    is taken (names of deleted channels stay taken for 30 days)."""
+    group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
+    visitor = conversation.get("visitor") or {}
+    who = visitor.get("email") or visitor.get("name") or "a visitor"
+    description = f"neetoChat conversation #{conversation['number']} with {who}"
+    channel = await ctx.channels.find_by_name(group_id, portal.channel_name) if portal.channel_name else None
+    attempt = 0
+    while channel is None:
+        if attempt == MAX_NAME_ATTEMPTS:
+            raise RemoteError("Graph", f"no free channel name after {MAX_NAME_ATTEMPTS} tries", status=409)
+        name = channel_name(conversation["number"], visitor.get("name"), visitor.get("email"), attempt)
+        # Recorded first: if we crash after Graph made the channel, the rerun finds it.
+        await ctx.store.update_portal(portal.workspace_id, portal.conversation_id, channel_name=name)
+        try:
+            channel = await ctx.channels.create(group_id, name, description[:1024])
+        except RemoteError as exc:
+            if exc.code != "NameAlreadyExists":
+                raise
+            attempt += 1
+    await ctx.store.update_portal(
+        portal.workspace_id,
+        portal.conversation_id,
+        channel_id=channel.id,
+        channel_name=channel.name,
+        channel_url=channel.web_url,
+        state="open",
+    )
+    got = await ctx.store.get_portal(portal.workspace_id, portal.conversation_id)
+    assert got is not None
+    return got
+
+
+def _is_bridgeable(message: dict[str, Any]) -> bool:
+    """Messages that belong in the channel: not internal notes, not what came from Teams."""
+    return not message.get("internal") and message.get("source") != "teams"
+
+
+async def deliver_message(
+    ctx: BridgeContext,
+    dest: Destination,
+    portal: Portal,
+    message: dict[str, Any],
+    conversation: dict[str, Any],
+) -> None:
+    if not _is_bridgeable(message):
+        return
+    ws_id = dest.workspace.id
+    if message.get("external_id") and await ctx.store.get_link_by_activity_id(ws_id, message["external_id"]):
+        return  # an echo of a Teams message (belt and braces next to ``source``)
+    text = notices.message_html(message, conversation.get("url"))
+    await post_once(ctx, dest, portal.conversation_id, message["id"], portal.channel_id, html_activity(text))
+
+
+async def post_assignment(ctx: BridgeContext, dest: Destination, portal: Portal, event: dict[str, Any]) -> None:
+    """Seed: assignment notices in the conversation channel, and in the notification
+    channel too when the update type is "all conversation activity"."""
+    data = event["data"]
+    if event["event"] == "conversation.assigned":
+        text = notices.assigned_html(data["conversation"], data.get("assignee"), data.get("actor"))
+    else:
+        text = notices.unassigned_html(data["conversation"], data.get("previous_assignee"), data.get("actor"))
+    await post_once(
+        ctx, dest, portal.conversation_id, f"event:{event['id']}:channel", portal.channel_id, html_activity(text)
+    )
+    if dest.workspace.update_type == "all_activity":
+        await post_once(
+            ctx,
+            dest,
+            portal.conversation_id,
+            f"event:{event['id']}:notify",
+            dest.notification_channel_id,
+            html_activity(text),
+        )
+
+
+async def close_portal(
+    ctx: BridgeContext, dest: Destination, conversation_id: str, actor: dict[str, Any] | None
+) -> None:
+    """Delete the conversation's channel (seed: closing in either place deletes it)."""
+    ws_id = dest.workspace.id
+    portal = await ctx.store.get_portal(ws_id, conversation_id)
+    if portal is None:
+        # Closed before we ever saw it: a tombstone stops a late conversation.created.
+        await ctx.store.create_portal(Portal(ws_id, conversation_id, 0, state="closed"))
+        return
+    if portal.state == "closed":
+        return
+    if portal.channel_id:
+        group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
+        await ctx.channels.delete(group_id, portal.channel_id)
+    await ctx.store.update_portal(ws_id, conversation_id, state="closed")
+    log.info("conversation channel deleted", extra={"workspace": ws_id, "conversation": conversation_id})
+
+
+async def confirm_link(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """Seed: after authorization the bot posts a confirmation, by default in General."""
+    dest = await ctx.destination(ws)
+    user = ws.authorizing_user or {}
+    text = notices.linked_html(ws.name or ws.id, user.get("name"))
+    await post_once(
+        ctx,
+        dest,
+        f"_workspace:{ws.id}",
+        f"linked:{payload['link_id']}",
+        dest.installation.general_channel_id,
+        html_activity(text),
+    )
