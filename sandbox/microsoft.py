@@ -1,0 +1,770 @@
+"""A strict stand-in for the parts of Microsoft 365 the bridge uses.
+
+One aiohttp application serves:
+
+* Microsoft Graph under ``/v1.0`` (team channels and their messages), answering in Graph's
+  JSON and error shapes, so the real msgraph-sdk can be pointed at it (``GRAPH_BASE_URL``);
+* the Bot Connector REST API v3 under ``/connector`` (``TEAMS_SERVICE_URL`` /
+  ``serviceUrl``), so botbuilder's real connector client can post, update and delete;
+
+and a "Teams client" side that sends activities to the bot the way Teams does (installs,
+member updates, channel posts). State is in memory; ids look like Teams' own. The limits
+that bite in production are enforced (channel name rules, the channel cap counting deleted
+channels, names of deleted channels staying taken, message and card sizes, bot not in the
+team), and faults (throttling, 5xx, slow answers, dropped connections) can be injected.
+
+Local mode only: ``Authorization`` headers are recorded in ``requests`` but not checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+
+from sandbox import teams_fixtures as fx
+
+GRAPH_PREFIX = "/v1.0"
+CONNECTOR_PREFIX = "/connector"
+DEFAULT_TENANT_ID = "8d3e5c1a-4f27-4b9e-a6d0-2c71f0e9b5a4"
+DEFAULT_BOT_APP_ID = "3f9a6c2e-81d4-4e57-b0a3-6d2c8e1f7b90"
+DEFAULT_CHANNEL_CAP = 1000
+DELETED_CHANNEL_RETENTION = 30 * 24 * 3600  # deleted channels count (and keep names) this long
+MAX_CHANNEL_NAME = 50
+MAX_ACTIVITY_BYTES = 100 * 1024
+MAX_CARD_BYTES = 28 * 1024
+ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
+
+_FORBIDDEN_NAME_CHARS = set("~#%&*{}+/\\:<>?|'\",")
+_RESERVED_NAMES = {"forms", "con", "conin$", "conout$", "prn", "aux", "nul", "desktop.ini"} | {
+    f"{device}{n}" for device in ("com", "lpt") for n in range(1, 10)
+}
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_FILTER_EQ = re.compile(r"^\s*displayName\s+eq\s+'((?:[^']|'')*)'\s*$")
+
+_GRAPH_CODES = {
+    400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+    412: "PreconditionFailed", 413: "RequestEntityTooLarge", 415: "UnsupportedMediaType",
+    429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway",
+    503: "ServiceUnavailable", 504: "GatewayTimeout",
+}
+_CONNECTOR_CODES = {
+    400: "BadArgument", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+    412: "PreconditionFailed", 413: "MessageSizeTooBig", 415: "UnsupportedMediaType",
+    429: "Throttled", 500: "ServiceError", 502: "ServiceError", 503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+
+class SandboxError(Exception):
+    """An error answer; rendered in Graph's or the connector's shape depending on the path."""
+
+    def __init__(self, status: int, code: str | None = None, message: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class Channel:
+    id: str
+    name: str
+    description: str | None
+    created: float
+    deleted: float | None = None
+    posts: list[str] = field(default_factory=list)  # root post ids, oldest first
+
+
+@dataclass
+class Team:
+    id: str  # the team's thread id (= its General channel id), as activities carry it
+    aad_group_id: str  # what Graph calls the team id
+    name: str
+    members: list[str]  # aad object ids
+    channel_cap: int = DEFAULT_CHANNEL_CAP
+    bot_installed: bool = False
+    channels: dict[str, Channel] = field(default_factory=dict)
+
+
+@dataclass
+class Post:
+    id: str
+    channel_id: str
+    sender: dict[str, Any]  # {"kind": "user"|"bot", "id", "name", "aadObjectId"?}
+    text: str
+    attachments: list[dict[str, Any]]
+    created: float
+    reply_to: str | None = None  # the thread's root post id, for replies
+    mention_bot: bool = False
+    updated: float | None = None
+    deleted: float | None = None
+    replies: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Fault:
+    kind: str  # "status", "delay" or "reset"
+    remaining: int
+    path_contains: str | None
+    method: str | None
+    status: int = 0
+    retry_after: int | None = None
+    seconds: float = 0.0
+
+    def matches(self, request: web.Request) -> bool:
+        if self.remaining <= 0:
+            return False
+        if self.method and request.method.upper() != self.method.upper():
+            return False
+        return not self.path_contains or self.path_contains in request.path or (
+            self.path_contains in request.raw_path
+        )
+
+
+class MicrosoftSandbox:
+    """Graph + Bot Connector + a Teams client, sharing one in-memory tenant."""
+
+    def __init__(self, *, tenant_id: str = DEFAULT_TENANT_ID, clock: Callable[[], float] = time.time) -> None:
+        self.tenant_id = tenant_id
+        self._clock = clock
+        self.base_url = "http://127.0.0.1"
+        self.bot_endpoint = "http://127.0.0.1:3978/api/messages"
+        self.bot_app_id = DEFAULT_BOT_APP_ID
+        self.bot_name = "neetoChat"
+        # False simulates a bot without the ChannelMessage.Read.Group consent: it then only
+        # hears channel posts that @mention it.
+        self.deliver_unmentioned = True
+        self.users: dict[str, dict[str, Any]] = {}  # by aad object id
+        self.teams: dict[str, Team] = {}  # by team thread id
+        self._posts: dict[str, Post] = {}
+        self._last_activity_ms = 0
+        self._faults: list[_Fault] = []
+        self.requests: list[dict[str, Any]] = []
+        self.throttled_count = 0
+        self.sent_to_bot: list[dict[str, Any]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    # ----------------------------------------------------------------- setup
+
+    @property
+    def bot_id(self) -> str:
+        return f"28:{self.bot_app_id}"
+
+    @property
+    def graph_url(self) -> str:
+        """What the bridge's ``GRAPH_BASE_URL`` should be."""
+        return self.base_url + GRAPH_PREFIX
+
+    @property
+    def service_url(self) -> str:
+        """The Bot Connector service URL carried by activities (``TEAMS_SERVICE_URL``)."""
+        return self.base_url + CONNECTOR_PREFIX + "/"
+
+    def set_base_url(self, url: str) -> None:
+        self.base_url = url.rstrip("/")
+
+    def add_user(self, *, name: str, email: str) -> dict[str, Any]:
+        given, _, surname = name.partition(" ")
+        user = {
+            "id": fx.new_user_id(), "name": name, "aadObjectId": str(uuid.uuid4()),
+            "email": email, "userPrincipalName": email, "givenName": given,
+            "surname": surname or None, "tenantId": self.tenant_id, "userRole": "user",
+        }
+        self.users[user["aadObjectId"]] = user
+        return user
+
+    def add_team(
+        self, *, name: str, members: list[dict[str, Any]], channel_cap: int = DEFAULT_CHANNEL_CAP
+    ) -> dict[str, Any]:
+        """A team with its General channel (whose id is the team's thread id)."""
+        team_id = fx.new_thread_id()
+        team = Team(id=team_id, aad_group_id=str(uuid.uuid4()), name=name,
+                    members=[m["aadObjectId"] for m in members], channel_cap=channel_cap)
+        team.channels[team_id] = Channel(id=team_id, name="General", description=None, created=self._clock())
+        self.teams[team_id] = team
+        return self._team_ref(team)
+
+    def set_channel_cap(self, team_id: str, cap: int) -> None:
+        self.team(team_id).channel_cap = cap
+
+    def team(self, team_id: str) -> Team:
+        """A team by its thread id or its AAD group id."""
+        for team in self.teams.values():
+            if team_id in (team.id, team.aad_group_id):
+                return team
+        raise KeyError(team_id)
+
+    def delete_channel(self, team_id: str, channel_id: str) -> None:
+        """A person deletes a channel in the Teams UI."""
+        channel = self.team(team_id).channels[channel_id]
+        channel.deleted = self._clock()
+
+    def channels(self, team_id: str, include_deleted: bool = False) -> list[dict[str, Any]]:
+        team = self.team(team_id)
+        return [dict(self._channel_json(team, c), deleted=c.deleted is not None)
+                for c in team.channels.values() if include_deleted or c.deleted is None]
+
+    def channel_by_name(self, team_id: str, name: str) -> dict[str, Any] | None:
+        """The live channel called ``name`` (case-insensitive), as ``channels`` lists it."""
+        return next((c for c in self.channels(team_id) if c["displayName"].lower() == name.lower()), None)
+
+    def posts(self, channel_id: str) -> list[dict[str, Any]]:
+        """Root posts of a channel, oldest first, each with its replies (deleted ones too)."""
+        channel = self._find_channel(channel_id)
+        return [dict(self._post_snapshot(root), replies=[self._post_snapshot(self._posts[r]) for r in root.replies])
+                for root in (self._posts[p] for p in channel.posts)]
+
+    # ------------------------------------------------------------ faults
+
+    def fail_next(self, status: int = 429, count: int = 1, retry_after: int | None = 1,
+                  path_contains: str | None = None, method: str | None = None) -> None:
+        """The next ``count`` matching requests answer ``status`` (nothing is performed)."""
+        self._faults.append(_Fault("status", count, path_contains, method, status=status, retry_after=retry_after))
+
+    def delay_next(self, seconds: float, count: int = 1, path_contains: str | None = None,
+                   method: str | None = None) -> None:
+        """The next ``count`` matching requests wait ``seconds`` before being handled."""
+        self._faults.append(_Fault("delay", count, path_contains, method, seconds=seconds))
+
+    def reset_connection_next(self, count: int = 1, path_contains: str | None = None,
+                              method: str | None = None) -> None:
+        """The next ``count`` matching requests get their connection closed, no answer."""
+        self._faults.append(_Fault("reset", count, path_contains, method))
+
+    def _take_fault(self, request: web.Request, kinds: tuple[str, ...]) -> _Fault | None:
+        for fault in self._faults:
+            if fault.kind in kinds and fault.matches(request):
+                fault.remaining -= 1
+                return fault
+        return None
+
+    # ------------------------------------------------------------ the app
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
+        app.cleanup_ctx.append(self._client_session)
+        g = GRAPH_PREFIX + "/teams/{group}/channels"
+        c = CONNECTOR_PREFIX + "/v3"
+        app.router.add_routes([
+            web.post(g, self._graph_create_channel),
+            web.get(g, self._graph_list_channels),
+            web.get(g + "/{channel}", self._graph_get_channel),
+            web.delete(g + "/{channel}", self._graph_delete_channel),
+            web.get(g + "/{channel}/messages", self._graph_list_messages),
+            web.get(g + "/{channel}/messages/{message}", self._graph_get_message),
+            web.get(g + "/{channel}/messages/{message}/replies", self._graph_list_replies),
+            web.post(c + "/conversations", self._create_conversation),
+            web.post(c + "/conversations/{conversation}/activities", self._send_to_conversation),
+            web.post(c + "/conversations/{conversation}/activities/{activity}", self._reply_to_activity),
+            web.put(c + "/conversations/{conversation}/activities/{activity}", self._update_activity),
+            web.delete(c + "/conversations/{conversation}/activities/{activity}", self._delete_activity),
+            web.get(c + "/conversations/{conversation}/members", self._get_members),
+            web.get(c + "/conversations/{conversation}/pagedmembers", self._get_paged_members),
+            web.get(c + "/conversations/{conversation}/members/{member}", self._get_member),
+            web.get(c + "/teams/{team}", self._get_team_details),
+            web.get(c + "/teams/{team}/conversations", self._get_team_channels),
+        ])
+        return app
+
+    async def _client_session(self, _app: web.Application) -> AsyncIterator[None]:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        yield
+        await self._session.close()
+        self._session = None
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Log every request, apply injected faults, render errors in the service's shape."""
+        entry: dict[str, Any] = {
+            "method": request.method, "path": request.path, "query": dict(request.query),
+            "status": None, "time": self._clock(), "authorization": request.headers.get("Authorization"),
+            "fault": None,
+        }
+        self.requests.append(entry)
+        delay = self._take_fault(request, ("delay",))
+        if delay:
+            await asyncio.sleep(delay.seconds)
+        fault = self._take_fault(request, ("status", "reset"))
+        try:
+            if fault and fault.kind == "reset":
+                entry["fault"] = "reset"
+                if request.transport is not None:
+                    request.transport.close()
+                raise asyncio.CancelledError  # aiohttp drops the request without answering
+            if fault:
+                entry["fault"] = "status"
+                raise SandboxError(fault.status, headers=(
+                    {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}))
+            response = await handler(request)
+        except SandboxError as exc:
+            response = self._error_response(request, exc)
+        except web.HTTPException as exc:  # no such route or method
+            response = self._error_response(request, SandboxError(exc.status, message=exc.reason))
+        entry["status"] = response.status
+        if response.status == 429:
+            self.throttled_count += 1
+        return response
+
+    def _error_response(self, request: web.Request, exc: SandboxError) -> web.Response:
+        if request.path.startswith(GRAPH_PREFIX):
+            request_id = str(uuid.uuid4())
+            body = {"error": {
+                "code": exc.code or _GRAPH_CODES.get(exc.status, "UnknownError"),
+                "message": exc.message or f"Request failed with status {exc.status}.",
+                "innerError": {
+                    "date": fx.iso_time(self._clock())[:19],
+                    "request-id": request_id,
+                    "client-request-id": request.headers.get("client-request-id", request_id),
+                },
+            }}
+            headers = {"request-id": request_id, **exc.headers}
+        else:
+            body = {"error": {
+                "code": exc.code or _CONNECTOR_CODES.get(exc.status, "ServiceError"),
+                "message": exc.message or f"Request failed with status {exc.status}.",
+            }}
+            headers = dict(exc.headers)
+        return web.json_response(body, status=exc.status, headers=headers)
+
+    # ------------------------------------------------------------ shared helpers
+
+    def _now_activity_id(self) -> str:
+        """13-digit millisecond ids like Teams', strictly increasing."""
+        self._last_activity_ms = max(int(self._clock() * 1000), self._last_activity_ms + 1)
+        return str(self._last_activity_ms)
+
+    async def _json_body(self, request: web.Request, *, limit: int | None = None) -> dict[str, Any]:
+        if not request.content_type == "application/json":
+            raise SandboxError(415, message="Content-Type must be application/json.")
+        raw = await request.read()
+        if limit is not None and len(raw) > limit:
+            raise SandboxError(413, message="Message size too large.")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise SandboxError(400, message="The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise SandboxError(400, message="The request body must be a JSON object.")
+        return body
+
+    def _team_ref(self, team: Team) -> dict[str, Any]:
+        return {"id": team.id, "name": team.name, "aadGroupId": team.aad_group_id, "tenantId": self.tenant_id}
+
+    def _find_channel(self, channel_id: str) -> Channel:
+        for team in self.teams.values():
+            if channel_id in team.channels:
+                return team.channels[channel_id]
+        raise KeyError(channel_id)
+
+    def _team_of_channel(self, channel_id: str) -> Team:
+        return next(t for t in self.teams.values() if channel_id in t.channels)
+
+    def _counts_against_cap(self, channel: Channel) -> bool:
+        """Live channels, and deleted ones for 30 days (names stay taken meanwhile too)."""
+        return channel.deleted is None or self._clock() - channel.deleted < DELETED_CHANNEL_RETENTION
+
+    def _record_post(self, channel: Channel, sender: dict[str, Any], text: str,
+                     attachments: list[dict[str, Any]], reply_to: str | None, mention_bot: bool = False) -> Post:
+        post = Post(id=self._now_activity_id(), channel_id=channel.id, sender=sender, text=text,
+                    attachments=attachments, created=self._clock(), reply_to=reply_to, mention_bot=mention_bot)
+        self._posts[post.id] = post
+        if reply_to:
+            self._posts[reply_to].replies.append(post.id)
+        else:
+            channel.posts.append(post.id)
+        return post
+
+    def _post_snapshot(self, post: Post) -> dict[str, Any]:
+        return {
+            "id": post.id, "from": dict(post.sender), "text": post.text,
+            "attachments": post.attachments, "created": post.created, "updated": post.updated,
+            "deleted": post.deleted is not None, "reply_to": post.reply_to,
+        }
+
+    # ------------------------------------------------------------ Graph
+
+    def _graph_team(self, request: web.Request) -> Team:
+        group = request.match_info["group"]
+        team = next((t for t in self.teams.values() if t.aad_group_id == group), None)
+        if team is None:
+            raise SandboxError(404, "NotFound", f"No team found with Group Id {group}")
+        return team
+
+    def _graph_channel(self, request: web.Request) -> tuple[Team, Channel]:
+        team = self._graph_team(request)
+        channel = team.channels.get(request.match_info["channel"])
+        if channel is None or channel.deleted is not None:
+            raise SandboxError(404, "NotFound", "Channel not found.")
+        return team, channel
+
+    def _channel_json(self, team: Team, channel: Channel) -> dict[str, Any]:
+        return {
+            "id": channel.id,
+            "createdDateTime": fx.iso_time(channel.created),
+            "displayName": channel.name,
+            "description": channel.description,
+            "isFavoriteByDefault": None,
+            "email": "",
+            "tenantId": self.tenant_id,
+            "webUrl": (f"https://teams.microsoft.com/l/channel/{quote(channel.id, safe='')}/"
+                       f"{quote(channel.name, safe='')}?groupId={team.aad_group_id}&tenantId={self.tenant_id}"),
+            "membershipType": "standard",
+            "isArchived": False,
+        }
+
+    @staticmethod
+    def _check_channel_name(name: Any) -> None:
+        """Teams' documented channel name rules."""
+        problem = None
+        if not isinstance(name, str) or not name.strip():
+            problem = "displayName is required."
+        elif len(name) > MAX_CHANNEL_NAME:
+            problem = f"displayName must be at most {MAX_CHANNEL_NAME} characters."
+        elif any(ch in _FORBIDDEN_NAME_CHARS or ord(ch) < 0x20 or 0x80 <= ord(ch) <= 0x9F for ch in name):
+            problem = "displayName contains a character that is not allowed."
+        elif ".." in name or name.startswith(("_", ".")) or name.endswith("."):
+            problem = "displayName cannot contain '..', start with '_' or '.', or end with '.'."
+        elif name.strip().lower() in _RESERVED_NAMES or "_vti_" in name.lower():
+            problem = "displayName is a reserved word."
+        if problem:
+            raise SandboxError(400, "BadRequest", f"Invalid channel name: {problem}")
+
+    async def _graph_create_channel(self, request: web.Request) -> web.Response:
+        team = self._graph_team(request)
+        body = await self._json_body(request)
+        name = body.get("displayName")
+        self._check_channel_name(name)
+        if body.get("membershipType", "standard") != "standard":
+            raise SandboxError(400, "BadRequest", "The sandbox only creates standard channels.")
+        counted = [c for c in team.channels.values() if self._counts_against_cap(c)]
+        if any(c.name.lower() == name.lower() for c in counted):
+            raise SandboxError(400, "NameAlreadyExists", f"Channel name already existed, please use other name: {name}")
+        if len(counted) >= team.channel_cap:
+            raise SandboxError(403, "Forbidden", "This team has exceeded the Max allowed channels")
+        channel = Channel(id=fx.new_thread_id(), name=name, description=body.get("description"), created=self._clock())
+        team.channels[channel.id] = channel
+        payload = {"@odata.context": f"{self.graph_url}/$metadata#teams('{team.aad_group_id}')/channels/$entity",
+                   **self._channel_json(team, channel)}
+        return web.json_response(payload, status=201)
+
+    async def _graph_list_channels(self, request: web.Request) -> web.Response:
+        team = self._graph_team(request)
+        live = [c for c in team.channels.values() if c.deleted is None]
+        filter_ = request.query.get("$filter")
+        if filter_ is not None:
+            match = _FILTER_EQ.match(filter_)
+            if not match:
+                raise SandboxError(400, "BadRequest", f"Only $filter=displayName eq '...' is supported: {filter_}")
+            wanted = match.group(1).replace("''", "'").lower()
+            live = [c for c in live if c.name.lower() == wanted]
+        return web.json_response({
+            "@odata.context": f"{self.graph_url}/$metadata#teams('{team.aad_group_id}')/channels",
+            "@odata.count": len(live),
+            "value": [self._channel_json(team, c) for c in live],
+        })
+
+    async def _graph_get_channel(self, request: web.Request) -> web.Response:
+        return web.json_response(self._channel_json(*self._graph_channel(request)))
+
+    async def _graph_delete_channel(self, request: web.Request) -> web.Response:
+        team, channel = self._graph_channel(request)
+        if channel.id == team.id:
+            raise SandboxError(400, "BadRequest", "The General channel cannot be deleted.")
+        channel.deleted = self._clock()
+        return web.Response(status=204)
+
+    def _chat_message(self, team: Team, post: Post) -> dict[str, Any]:
+        """A post as Graph's ``chatMessage`` (cards become ``<attachment>`` references)."""
+        if post.sender["kind"] == "bot":
+            sender = {"application": {"id": self.bot_app_id, "displayName": post.sender["name"],
+                                      "applicationIdentityType": "bot"}, "device": None, "user": None}
+        else:
+            sender = {"application": None, "device": None, "user": {
+                "id": post.sender["aadObjectId"], "displayName": post.sender["name"],
+                "userIdentityType": "aadUser", "tenantId": self.tenant_id}}
+        attachments = []
+        content = post.text
+        if post.mention_bot:
+            content = f'<at id="0">{self.bot_name}</at> {content}'
+        for attachment in post.attachments:
+            att_id = attachment.get("id") or uuid.uuid4().hex
+            raw = attachment.get("content")
+            attachments.append({
+                "id": att_id, "contentType": attachment.get("contentType"),
+                "contentUrl": attachment.get("contentUrl"), "name": attachment.get("name"),
+                "content": raw if raw is None or isinstance(raw, str) else json.dumps(raw),
+                "thumbnailUrl": None, "teamsAppId": None,
+            })
+            content += f'<attachment id="{att_id}"></attachment>'
+        return {
+            "id": post.id, "replyToId": post.reply_to, "etag": str(int((post.updated or post.created) * 1000)),
+            "messageType": "message", "createdDateTime": fx.iso_time(post.created),
+            "lastModifiedDateTime": fx.iso_time(post.deleted or post.updated or post.created),
+            "lastEditedDateTime": fx.iso_time(post.updated) if post.updated else None,
+            "deletedDateTime": fx.iso_time(post.deleted) if post.deleted else None,
+            "subject": None, "summary": None, "chatId": None, "importance": "normal", "locale": "en-us",
+            "webUrl": None, "channelIdentity": {"teamId": team.aad_group_id, "channelId": post.channel_id},
+            "from": sender,
+            "body": {"contentType": "html", "content": "" if post.deleted else content},
+            "attachments": [] if post.deleted else attachments,
+            "mentions": ([{"id": 0, "mentionText": self.bot_name, "mentioned": {"application": {
+                "id": self.bot_app_id, "displayName": self.bot_name}}}] if post.mention_bot else []),
+            "reactions": [],
+        }
+
+    def _graph_post(self, request: web.Request) -> tuple[Team, Channel, Post]:
+        team, channel = self._graph_channel(request)
+        post = self._posts.get(request.match_info["message"])
+        if post is None or post.channel_id != channel.id or post.reply_to:
+            raise SandboxError(404, "NotFound", "Message not found.")
+        return team, channel, post
+
+    async def _graph_list_messages(self, request: web.Request) -> web.Response:
+        team, channel = self._graph_channel(request)
+        return web.json_response({"value": [self._chat_message(team, self._posts[p]) for p in channel.posts]})
+
+    async def _graph_get_message(self, request: web.Request) -> web.Response:
+        team, _, post = self._graph_post(request)
+        return web.json_response(self._chat_message(team, post))
+
+    async def _graph_list_replies(self, request: web.Request) -> web.Response:
+        team, _, post = self._graph_post(request)
+        return web.json_response({"value": [self._chat_message(team, self._posts[r]) for r in post.replies]})
+
+    # ------------------------------------------------------------ Bot Connector
+
+    def _conversation(self, conversation_id: str) -> tuple[Team, Channel, str | None]:
+        """(team, channel, thread root id) of a channel conversation id, as Teams checks it."""
+        channel_id, _, root = conversation_id.partition(";messageid=")
+        try:
+            channel = self._find_channel(channel_id)
+        except KeyError:
+            raise SandboxError(404, "ConversationNotFound", "Conversation not found.") from None
+        team = self._team_of_channel(channel_id)
+        if not team.bot_installed:
+            raise SandboxError(403, "BotNotInConversationRoster", "The bot is not part of the conversation roster.")
+        if channel.deleted is not None:
+            raise SandboxError(404, "ConversationNotFound", "Conversation not found.")
+        if root and (root not in self._posts or self._posts[root].channel_id != channel.id):
+            raise SandboxError(404, "ConversationNotFound", "Conversation not found.")
+        return team, channel, root or None
+
+    def _check_activity(self, activity: Any) -> dict[str, Any]:
+        if not isinstance(activity, dict) or not activity.get("type"):
+            raise SandboxError(400, "BadArgument", "Activity must have a type.")
+        if activity["type"] not in ("message", "typing"):
+            raise SandboxError(400, "BadArgument", f"Unsupported activity type {activity['type']!r}.")
+        attachments = activity.get("attachments") or []
+        if activity["type"] == "message" and not activity.get("text") and not attachments:
+            raise SandboxError(400, "BadArgument", "A message needs text or attachments.")
+        for attachment in attachments:
+            if not isinstance(attachment, dict) or not attachment.get("contentType"):
+                raise SandboxError(400, "BadArgument", "Every attachment needs a contentType.")
+            if attachment["contentType"] == ADAPTIVE_CARD and len(
+                    json.dumps(attachment.get("content"), separators=(",", ":")).encode()) > MAX_CARD_BYTES:
+                raise SandboxError(413, "MessageSizeTooBig", "Adaptive Card exceeds 28 KB.")
+        return activity
+
+    def _bot_sender(self) -> dict[str, Any]:
+        return {"kind": "bot", "id": self.bot_id, "name": self.bot_name}
+
+    def _post_activity(self, channel: Channel, activity: dict[str, Any], thread_root: str | None) -> str:
+        """Record a bot message (typing indicators only get an id)."""
+        if activity["type"] == "typing":
+            return self._now_activity_id()
+        post = self._record_post(channel, self._bot_sender(), activity.get("text") or "",
+                                 list(activity.get("attachments") or []), thread_root)
+        return post.id
+
+    async def _create_conversation(self, request: web.Request) -> web.Response:
+        """A new root post in a channel (Teams' only kind of "new conversation" here)."""
+        params = await self._json_body(request, limit=MAX_ACTIVITY_BYTES)
+        channel_id = ((params.get("channelData") or {}).get("channel") or {}).get("id")
+        if not channel_id:
+            raise SandboxError(400, "BadArgument", "channelData.channel.id is required (channel conversations only).")
+        bot_id = (params.get("bot") or {}).get("id")
+        if bot_id and bot_id != self.bot_id:
+            raise SandboxError(400, "BadArgument", f"Bot id {bot_id} is not this bot.")
+        _, channel, _ = self._conversation(channel_id)
+        activity = self._check_activity(params.get("activity"))
+        activity_id = self._post_activity(channel, activity, None)
+        return web.json_response({"id": f"{channel_id};messageid={activity_id}", "activityId": activity_id,
+                                  "serviceUrl": self.service_url}, status=201)
+
+    async def _send_to_conversation(self, request: web.Request) -> web.Response:
+        """New root post (bare channel id) or reply in the thread the id names."""
+        _, channel, root = self._conversation(request.match_info["conversation"])
+        activity = self._check_activity(await self._json_body(request, limit=MAX_ACTIVITY_BYTES))
+        return web.json_response({"id": self._post_activity(channel, activity, root)}, status=201)
+
+    async def _reply_to_activity(self, request: web.Request) -> web.Response:
+        """Reply in the thread of ``activityId`` (a reply to a reply joins the same thread)."""
+        _, channel, root = self._conversation(request.match_info["conversation"])
+        activity = self._check_activity(await self._json_body(request, limit=MAX_ACTIVITY_BYTES))
+        target = self._posts.get(request.match_info["activity"])
+        if target is not None and target.channel_id == channel.id:
+            root = target.reply_to or target.id
+        return web.json_response({"id": self._post_activity(channel, activity, root)}, status=201)
+
+    def _bot_post(self, request: web.Request) -> Post:
+        _, channel, _ = self._conversation(request.match_info["conversation"])
+        post = self._posts.get(request.match_info["activity"])
+        if post is None or post.channel_id != channel.id or post.deleted is not None:
+            raise SandboxError(404, "NotFound", "Activity not found.")
+        if post.sender["kind"] != "bot":
+            raise SandboxError(403, "Forbidden", "A bot can only change its own messages.")
+        return post
+
+    async def _update_activity(self, request: web.Request) -> web.Response:
+        post = self._bot_post(request)
+        activity = self._check_activity(await self._json_body(request, limit=MAX_ACTIVITY_BYTES))
+        post.text = activity.get("text") or ""
+        post.attachments = list(activity.get("attachments") or [])
+        post.updated = self._clock()
+        return web.json_response({"id": post.id})
+
+    async def _delete_activity(self, request: web.Request) -> web.Response:
+        # 200, not 204: botbuilder's connector client accepts only 200 and 202 here.
+        self._bot_post(request).deleted = self._clock()
+        return web.Response(status=200)
+
+    def _member(self, aad_object_id: str) -> dict[str, Any]:
+        user = self.users[aad_object_id]
+        return {k: user[k] for k in ("id", "name", "aadObjectId", "email", "userPrincipalName",
+                                     "givenName", "surname", "tenantId", "userRole")}
+
+    async def _get_members(self, request: web.Request) -> web.Response:
+        team, _, _ = self._conversation(request.match_info["conversation"])
+        return web.json_response([self._member(m) for m in team.members])
+
+    async def _get_paged_members(self, request: web.Request) -> web.Response:
+        team, _, _ = self._conversation(request.match_info["conversation"])
+        try:
+            size = max(1, int(request.query.get("pageSize", "200")))
+            start = int(request.query.get("continuationToken") or 0)
+        except ValueError:
+            raise SandboxError(400, "BadArgument", "Bad pageSize or continuationToken.") from None
+        page = team.members[start:start + size]
+        more = start + size < len(team.members)
+        return web.json_response({"continuationToken": str(start + size) if more else None,
+                                  "members": [self._member(m) for m in page]})
+
+    async def _get_member(self, request: web.Request) -> web.Response:
+        """By Teams user id (``29:…``) or AAD object id, as Teams accepts both."""
+        team, _, _ = self._conversation(request.match_info["conversation"])
+        wanted = request.match_info["member"]
+        for aad_id in team.members:
+            if wanted in (aad_id, self.users[aad_id]["id"]):
+                return web.json_response(self._member(aad_id))
+        raise SandboxError(404, "MemberNotFoundInConversation", "The member is not part of the conversation.")
+
+    def _connector_team(self, request: web.Request) -> Team:
+        team = self.teams.get(request.match_info["team"])
+        if team is None:
+            raise SandboxError(404, "NotFound", "Team not found.")
+        if not team.bot_installed:
+            raise SandboxError(403, "BotNotInConversationRoster", "The bot is not part of the conversation roster.")
+        return team
+
+    async def _get_team_details(self, request: web.Request) -> web.Response:
+        team = self._connector_team(request)
+        live = [c for c in team.channels.values() if c.deleted is None]
+        return web.json_response({**self._team_ref(team), "type": "standard",
+                                  "channelCount": len(live), "memberCount": len(team.members)})
+
+    async def _get_team_channels(self, request: web.Request) -> web.Response:
+        team = self._connector_team(request)
+        return web.json_response({"conversations": [
+            {"id": c.id, "name": None if c.id == team.id else c.name}
+            for c in team.channels.values() if c.deleted is None]})
+
+    # ------------------------------------------------------------ Teams client (to the bot)
+
+    async def _send_to_bot(self, activity: dict[str, Any]) -> dict[str, Any]:
+        """POST an activity to ``bot_endpoint``; the bot's status and (JSON or text) body."""
+        if self._session is None:
+            raise RuntimeError("the sandbox app is not running (its client session starts with the app)")
+        async with self._session.post(self.bot_endpoint, json=activity) as response:
+            text = await response.text()
+            try:
+                body: Any = json.loads(text) if text else None
+            except ValueError:
+                body = text
+            result = {"activity": activity, "status": response.status, "body": body}
+        self.sent_to_bot.append(result)
+        return result
+
+    def _event_args(self, team: Team, user: dict[str, Any]) -> dict[str, Any]:
+        return {"when": self._clock(), "service_url": self.service_url, "tenant_id": self.tenant_id,
+                "team": self._team_ref(team), "user": user, "bot": fx.bot_account(self.bot_id, self.bot_name)}
+
+    async def install_bot(self, team_id: str, *, by_user: dict[str, Any]) -> list[int]:
+        """Install the app in a team: ``installationUpdate`` add, then the bot's
+        ``conversationUpdate`` (``teamMemberAdded``). Returns the bot's two HTTP statuses."""
+        team = self.team(team_id)
+        team.bot_installed = True
+        bot = {"id": self.bot_id}
+        sent = [
+            await self._send_to_bot(fx.installation_update_activity(
+                action="add", activity_id=uuid.uuid4().hex, **self._event_args(team, by_user))),
+            await self._send_to_bot(fx.members_update_activity(
+                added=True, members=[bot], activity_id=uuid.uuid4().hex, **self._event_args(team, by_user))),
+        ]
+        return [s["status"] for s in sent]
+
+    async def uninstall_bot(self, team_id: str, *, by_user: dict[str, Any]) -> list[int]:
+        """Remove the app: the connector refuses the team (403) from here on, and the bot is
+        told with ``installationUpdate`` remove and ``conversationUpdate`` (``teamMemberRemoved``)."""
+        team = self.team(team_id)
+        team.bot_installed = False
+        bot = {"id": self.bot_id}
+        sent = [
+            await self._send_to_bot(fx.installation_update_activity(
+                action="remove", activity_id=uuid.uuid4().hex, **self._event_args(team, by_user))),
+            await self._send_to_bot(fx.members_update_activity(
+                added=False, members=[bot], activity_id=uuid.uuid4().hex, **self._event_args(team, by_user))),
+        ]
+        return [s["status"] for s in sent]
+
+    async def user_posts(
+        self, team_id: str, channel_id: str, user: dict[str, Any], text_html: str, *,
+        reply_to: str | None = None, mention_bot: bool = False,
+        attachments: list[dict[str, Any]] | None = None, deliver: bool = True,
+    ) -> dict[str, Any]:
+        """A person posts in a channel (a reply when ``reply_to`` names a post of it).
+
+        The post is always visible through Graph; it reaches the bot only when the bot is
+        installed, hears it (``deliver_unmentioned`` or a mention) and ``deliver`` is true
+        (false simulates a lost delivery). Returns ``{"activity", "status", "body"}``, with
+        status and body None when nothing was delivered.
+        """
+        team = self.team(team_id)
+        channel = team.channels[channel_id]
+        if channel.deleted is not None:
+            raise ValueError(f"channel {channel_id} is deleted")
+        if user["aadObjectId"] not in team.members:
+            raise ValueError(f"{user['name']} is not a member of {team.name}")
+        root = None
+        if reply_to is not None:
+            target = self._posts[reply_to]
+            root = target.reply_to or target.id
+        sender = {"kind": "user", "id": user["id"], "name": user["name"], "aadObjectId": user["aadObjectId"]}
+        post = self._record_post(channel, sender, text_html, list(attachments or []), root, mention_bot)
+        activity = fx.channel_message_activity(
+            activity_id=post.id, channel_id=channel_id, root_id=root or post.id, text_html=text_html,
+            mention_bot=mention_bot, attachments=attachments, **self._event_args(team, user))
+        if deliver and team.bot_installed and (mention_bot or self.deliver_unmentioned):
+            return await self._send_to_bot(activity)
+        return {"activity": activity, "status": None, "body": None}

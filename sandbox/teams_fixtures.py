@@ -1,0 +1,155 @@
+"""Identifiers and activity payloads shaped like the ones Microsoft Teams produces.
+
+The sandbox's "Teams client" sends these to the bot, so they must carry exactly the fields a
+Teams bot relies on (``channelData.team``, ``conversation.id`` with ``;messageid=``, mention
+entities, ...) and no friendlier ones: a bot that works against these should work against Teams.
+The builders are plain functions of plain dicts so tests can also use them directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+CHANNEL_ID_TEAMS = "msteams"
+
+
+def new_thread_id() -> str:
+    """A team or channel id as Teams writes it: ``19:<32 hex>@thread.tacv2``."""
+    return f"19:{uuid.uuid4().hex}@thread.tacv2"
+
+
+def new_user_id() -> str:
+    """A Teams (Bot Framework) user id; real ones are ``29:1`` plus an opaque token."""
+    return "29:1" + secrets.token_urlsafe(42)
+
+
+def iso_time(seconds: float) -> str:
+    """UTC ISO-8601 with milliseconds and ``Z``, as Graph and the connector write times."""
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def user_account(user: dict[str, Any]) -> dict[str, Any]:
+    """``from`` of an activity sent by a user (Teams adds the AAD object id)."""
+    return {"id": user["id"], "name": user["name"], "aadObjectId": user["aadObjectId"]}
+
+
+def bot_account(bot_id: str, bot_name: str) -> dict[str, Any]:
+    return {"id": bot_id, "name": bot_name}
+
+
+def client_info_entity(locale: str = "en-US", timezone_name: str = "Europe/London") -> dict[str, Any]:
+    return {
+        "type": "clientInfo", "locale": locale, "country": locale.split("-")[-1],
+        "platform": "Web", "timezone": timezone_name,
+    }
+
+
+def mention_entity(bot_id: str, bot_name: str) -> dict[str, Any]:
+    return {"type": "mention", "mentioned": {"id": bot_id, "name": bot_name}, "text": f"<at>{bot_name}</at>"}
+
+
+def _team_ref(team: dict[str, Any]) -> dict[str, Any]:
+    """``channelData.team`` of conversation and installation events (with the group id)."""
+    return {"id": team["id"], "name": team["name"], "aadGroupId": team["aadGroupId"]}
+
+
+def _base_activity(
+    kind: str, *, activity_id: str, when: float, service_url: str, sender: dict[str, Any],
+    bot: dict[str, Any], conversation: dict[str, Any], channel_data: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "id": activity_id,
+        "timestamp": iso_time(when),
+        "localTimestamp": iso_time(when),
+        "serviceUrl": service_url,
+        "channelId": CHANNEL_ID_TEAMS,
+        "from": sender,
+        "conversation": conversation,
+        "recipient": bot,
+        "entities": [client_info_entity()],
+        "channelData": channel_data,
+        "locale": "en-US",
+        "localTimezone": "Europe/London",
+    }
+
+
+def _channel_conversation(conversation_id: str, tenant_id: str) -> dict[str, Any]:
+    return {
+        "isGroup": True, "conversationType": "channel", "tenantId": tenant_id, "id": conversation_id,
+    }
+
+
+def channel_message_activity(
+    *, activity_id: str, when: float, service_url: str, tenant_id: str, team: dict[str, Any],
+    channel_id: str, root_id: str, user: dict[str, Any], bot: dict[str, Any], text_html: str,
+    mention_bot: bool = False, attachments: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A user's channel post (root or reply) as Teams delivers it to a bot.
+
+    The conversation id names the thread (``<channel>;messageid=<root>``); ``channelData.team``
+    carries only the team id here (no name, no group id), unlike conversation updates.
+    """
+    mention = f"<at>{bot['name']}</at> " if mention_bot else ""
+    html_mention = f'<at id="0">{bot["name"]}</at> ' if mention_bot else ""
+    activity = _base_activity(
+        "message", activity_id=activity_id, when=when, service_url=service_url,
+        sender=user_account(user), bot=bot,
+        conversation=_channel_conversation(f"{channel_id};messageid={root_id}", tenant_id),
+        channel_data={
+            "teamsTeamId": team["id"], "teamsChannelId": channel_id,
+            "team": {"id": team["id"]}, "channel": {"id": channel_id}, "tenant": {"id": tenant_id},
+        },
+    )
+    activity.update(
+        textFormat="plain",
+        text=mention + text_html,
+        attachments=[{"contentType": "text/html", "content": f"<p>{html_mention}{text_html}</p>"}]
+        + list(attachments or []),
+    )
+    if mention_bot:
+        activity["entities"].append(mention_entity(bot["id"], bot["name"]))
+    if root_id != activity_id:
+        activity["replyToId"] = root_id
+    return activity
+
+
+def installation_update_activity(
+    *, action: str, activity_id: str, when: float, service_url: str, tenant_id: str,
+    team: dict[str, Any], user: dict[str, Any], bot: dict[str, Any],
+) -> dict[str, Any]:
+    """``installationUpdate`` (action ``add`` or ``remove``) for an app installed in a team."""
+    activity = _base_activity(
+        "installationUpdate", activity_id=activity_id, when=when, service_url=service_url,
+        sender=user_account(user), bot=bot,
+        conversation=_channel_conversation(team["id"], tenant_id),
+        channel_data={
+            "settings": {"selectedChannel": {"id": team["id"]}},
+            "channel": {"id": team["id"]}, "team": _team_ref(team),
+            "tenant": {"id": tenant_id}, "source": {"name": "message"},
+        },
+    )
+    activity["action"] = action
+    return activity
+
+
+def members_update_activity(
+    *, added: bool, activity_id: str, when: float, service_url: str, tenant_id: str,
+    team: dict[str, Any], user: dict[str, Any], bot: dict[str, Any], members: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """``conversationUpdate`` for members added to or removed from a team (the bot included)."""
+    activity = _base_activity(
+        "conversationUpdate", activity_id=activity_id, when=when, service_url=service_url,
+        sender=user_account(user), bot=bot,
+        conversation=_channel_conversation(team["id"], tenant_id),
+        channel_data={
+            "team": _team_ref(team), "eventType": "teamMemberAdded" if added else "teamMemberRemoved",
+            "tenant": {"id": tenant_id},
+        },
+    )
+    activity["membersAdded" if added else "membersRemoved"] = [{"id": m["id"]} for m in members]
+    return activity

@@ -1,0 +1,97 @@
+"""Small pure pieces whose mistakes users would see: channel names Teams would refuse,
+commands taken for messages (or the reverse), text mangled on its way to the visitor,
+a bridge that starts in local mode against Microsoft's cloud."""
+
+from __future__ import annotations
+
+import pytest
+
+from cards.notices import message_html
+from dialogs.commands import parse_command
+from services.channel_names import FORBIDDEN, MAX_LENGTH, channel_name
+from services.config import ConfigError, Settings
+from services.teams_text import html_to_text
+
+
+@pytest.mark.parametrize(
+    ("name", "email"),
+    [
+        ("Vera Jones", "vera@example.com"),
+        ("Bob #1 & {friends} / 'quoted' \"double\" <tag> ? | ~ % * + : \\", None),
+        ("_hidden.", None),
+        (None, "only.an.email@example.com"),
+        (None, None),
+        ("x" * 200, None),
+        ("Zoë 李 🎉", None),
+        ("...", None),
+    ],
+)
+def test_channel_names_are_valid_and_start_with_the_number(name, email):
+    for attempt in range(3):
+        result = channel_name(1042, name, email, attempt)
+        assert result.split(" ")[0] == "1042"
+        assert len(result) <= MAX_LENGTH
+        assert not (set(result) & FORBIDDEN)
+        assert not result.startswith(("_", ".")) and not result.endswith(".")
+
+
+def test_channel_name_alternatives_differ():
+    names = {channel_name(7, "Vera Jones", None, attempt) for attempt in range(5)}
+    assert len(names) == 5
+    assert channel_name(7, "Vera Jones", None) == "7 Vera Jones"
+
+
+@pytest.mark.parametrize("text", ["/close", "/CLOSE", "  /close  ", "/Close\n"])
+def test_close_command_variants(text):
+    command = parse_command(text)
+    assert command is not None and command.name == "close"
+
+
+@pytest.mark.parametrize("text", ["please /close this", "/closed", "/close now please", "close", "/unknownthing", ""])
+def test_text_that_is_not_the_close_command(text):
+    assert parse_command(text) is None
+
+
+def test_teams_html_becomes_plain_text():
+    markup = (
+        "<p>Hello <b>there</b>&nbsp;&amp; welcome</p><p>Line two<br>Line three</p>"
+        '<p>See <a href="https://example.com/x">the docs</a> <emoji alt="😀" id="smile"></emoji></p>'
+    )
+    assert html_to_text(markup) == (
+        "Hello there & welcome\nLine two\nLine three\nSee the docs (https://example.com/x) 😀"
+    )
+
+
+def test_visitor_text_cannot_format_or_inject_into_teams():
+    message = {
+        "id": "m1",
+        "sender": {"type": "visitor", "name": "<b>Eve</b>"},
+        "body": "**bold** <script>alert(1)</script>\nsecond line https://example.com/a?b=1&c=2.",
+        "attachments": [
+            {"filename": "a<b>.pdf", "url": "https://files.example/a.pdf", "content_type": "application/pdf", "size": 2048}
+        ],
+        "created_at": "2026-11-28T15:31:46.123Z",
+    }
+    out = message_html(message)
+    assert "<script>" not in out and "&lt;script&gt;" in out
+    assert "&lt;b&gt;Eve&lt;/b&gt;" in out
+    assert "**bold**" in out  # sent as HTML text, Markdown is not interpreted
+    assert '<a href="https://example.com/a?b=1&amp;c=2">' in out
+    assert "<br>second line" in out
+    assert '<a href="https://files.example/a.pdf">a&lt;b&gt;.pdf</a> (application/pdf, 2.0 KB)' in out
+
+
+def test_local_mode_refuses_microsoft_hosts():
+    with pytest.raises(ConfigError, match="GRAPH_BASE_URL"):
+        Settings.from_env({"TEAMS_SERVICE_URL": "http://127.0.0.1:9/"})
+    with pytest.raises(ConfigError, match="TEAMS_SERVICE_URL"):
+        Settings.from_env({"GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0"})
+    ok = Settings.from_env({"GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0", "TEAMS_SERVICE_URL": "http://127.0.0.1:9/"})
+    assert ok.local_mode
+
+
+def test_authenticated_mode_requires_secret_key():
+    env = {"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppPassword": "x"}
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        Settings.from_env(env)
+    assert not Settings.from_env({**env, "SECRET_KEY": "k" * 32}).local_mode
