@@ -82,7 +82,8 @@ class TeamsBot(TeamsActivityHandler):
         activity = turn_context.activity
         if activity.from_property and activity.from_property.id == activity.recipient.id:
             return  # never echo the bot's own posts
-        channel_id = (_channel_data(activity).get("channel") or {}).get("id")
+        data = _channel_data(activity)
+        channel_id = (data.get("channel") or {}).get("id")
         if not channel_id:
             return  # 1:1 and group chats are not conversation channels
         portal = await self.store.get_portal_by_channel(channel_id)
@@ -94,7 +95,12 @@ class TeamsBot(TeamsActivityHandler):
         payload = {
             "text": text,
             "channel_id": channel_id,
-            "user": {"id": sender.id, "aad_object_id": sender.aad_object_id, "name": sender.name},
+            "user": {
+                "id": sender.id,
+                "aad_object_id": sender.aad_object_id,
+                "name": sender.name,
+                "team_id": (data.get("team") or {}).get("id") or portal.team_id,
+            },
             "reference": TurnContext.get_conversation_reference(activity).serialize(),
         }
         kind = "teams_close" if command and command.name == "close" else "teams_message"

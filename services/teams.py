@@ -105,11 +105,13 @@ class TeamsPoster:
         await self._continue(reference, run)
         return sent["id"]
 
-    async def member(self, reference: dict[str, Any], user_id: str) -> dict[str, Any]:
-        """The Teams member (name, email, aadObjectId) as the connector's roster has it."""
+    async def member(self, reference: dict[str, Any], team_id: str, user_id: str) -> dict[str, Any]:
+        """The team member (name, email, aadObjectId) as the team's roster has it."""
         found: dict[str, Any] = {}
 
         async def run(turn_context: TurnContext) -> None:
+            # A continuation activity carries no channelData; TeamsInfo reads the team from it.
+            turn_context.activity.channel_data = {"team": {"id": team_id}}
             account = await TeamsInfo.get_member(turn_context, user_id)
             found.update(account.serialize())
 

@@ -39,7 +39,7 @@ async def resolve_agent(
     email = user.get("email")
     if not email and user.get("id"):
         try:
-            member = await ctx.poster.member(reference, user["id"])
+            member = await ctx.poster.member(reference, user["team_id"], user["id"])
             email = member.get("email") or member.get("userPrincipalName")
         except RemoteError as exc:
             if exc.retryable:

@@ -97,8 +97,7 @@ async def connector(world):
 
 
 def _graph_client(base_url: str, *, retries: bool) -> tuple[GraphServiceClient, httpx.AsyncClient]:
-    options = None if retries else {
-        RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=0, should_retry=False)}
+    options = None if retries else {RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=0, should_retry=False)}
     http = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(), options=options)
     adapter = GraphRequestAdapter(AnonymousAuthenticationProvider(), client=http)
     adapter.base_url = base_url
@@ -114,8 +113,10 @@ def _channels(graph: GraphServiceClient, world):
 
 
 def _card(size: int = 10) -> Attachment:
-    return Attachment(content_type=ADAPTIVE_CARD, content={
-        "type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "x" * size}]})
+    return Attachment(
+        content_type=ADAPTIVE_CARD,
+        content={"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "x" * size}]},
+    )
 
 
 def _message(text: str | None = None, attachments: list[Attachment] | None = None) -> Activity:
@@ -123,8 +124,9 @@ def _message(text: str | None = None, attachments: list[Attachment] | None = Non
 
 
 async def _new_root(connector: ConnectorClient, channel_id: str, activity: Activity):
-    params = ConversationParameters(is_group=True, channel_data={"channel": {"id": channel_id}},
-                                    activity=activity, tenant_id=None)
+    params = ConversationParameters(
+        is_group=True, channel_data={"channel": {"id": channel_id}}, activity=activity, tenant_id=None
+    )
     return await connector.conversations.create_conversation(params)
 
 
@@ -139,14 +141,18 @@ async def test_graph_creates_lists_and_gets_channels(world, graph):
     assert created.membership_type == ChannelMembershipType.Standard
     assert created.web_url == (
         f"https://teams.microsoft.com/l/channel/{created.id.replace(':', '%3A').replace('@', '%40')}/"
-        f"1042%20Vera%20Jones?groupId={world.team['aadGroupId']}&tenantId={world.ms.tenant_id}")
+        f"1042%20Vera%20Jones?groupId={world.team['aadGroupId']}&tenantId={world.ms.tenant_id}"
+    )
     listed = await _channels(graph, world).get()
     assert [c.display_name for c in listed.value] == ["General", "1042 Vera Jones"]
     assert listed.value[0].id == world.team["id"]
     fetched = await _channels(graph, world).by_channel_id(created.id).get()
     assert fetched.description == "about 1042 Vera Jones"
-    config = RequestConfiguration(query_parameters=ChannelsRequestBuilder.ChannelsRequestBuilderGetQueryParameters(
-        filter="displayName eq '1042 vera jones'"))
+    config = RequestConfiguration(
+        query_parameters=ChannelsRequestBuilder.ChannelsRequestBuilderGetQueryParameters(
+            filter="displayName eq '1042 vera jones'"
+        )
+    )
     found = await _channels(graph, world).get(request_configuration=config)
     assert [c.id for c in found.value] == [created.id]
     assert world.ms.channel_by_name(world.team["id"], "1042 VERA JONES")["id"] == created.id
@@ -163,13 +169,31 @@ async def test_graph_name_already_exists_is_an_odata_error(world, graph):
     assert raised.value.error.inner_error.request_id
 
 
-@pytest.mark.parametrize("name", [
-    "", "   ", "x" * 51, "#1042 Vera", "a/b", "Q&A", "what?", "it's", "a,b", "a..b", "_hidden", ".dot", "end.",
-    "CON", "forms", "tab\there",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "   ",
+        "x" * 51,
+        "#1042 Vera",
+        "a/b",
+        "Q&A",
+        "what?",
+        "it's",
+        "a,b",
+        "a..b",
+        "_hidden",
+        ".dot",
+        "end.",
+        "CON",
+        "forms",
+        "tab\there",
+    ],
+)
 async def test_graph_rejects_invalid_channel_names(world, name):
-    response = await world.http.post(f"/v1.0/teams/{world.team['aadGroupId']}/channels",
-                                     json={"displayName": name, "membershipType": "standard"})
+    response = await world.http.post(
+        f"/v1.0/teams/{world.team['aadGroupId']}/channels", json={"displayName": name, "membershipType": "standard"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "BadRequest"
     assert set(response.json()["error"]["innerError"]) == {"date", "request-id", "client-request-id"}
@@ -227,8 +251,9 @@ async def test_graph_general_cannot_be_deleted_and_unknown_team_is_404(world, gr
 
 
 async def test_graph_channel_ids_arrive_url_encoded(world):
-    created = (await world.http.post(f"/v1.0/teams/{world.team['aadGroupId']}/channels",
-                                     json={"displayName": "raw"})).json()
+    created = (
+        await world.http.post(f"/v1.0/teams/{world.team['aadGroupId']}/channels", json={"displayName": "raw"})
+    ).json()
     encoded = created["id"].replace(":", "%3A").replace("@", "%40")
     response = await world.http.delete(f"/v1.0/teams/{world.team['aadGroupId']}/channels/{encoded}")
     assert response.status_code == 204
@@ -239,7 +264,8 @@ async def test_graph_lists_user_and_bot_posts_with_cards(world, graph, connector
     general = world.team["id"]
     user_post = await world.ms.user_posts(general, general, world.alice, "Hello <b>team</b>")
     await connector.conversations.send_to_conversation(
-        f"{general};messageid={user_post['activity']['id']}", _message("on it"))
+        f"{general};messageid={user_post['activity']['id']}", _message("on it")
+    )
     created = await _new_root(connector, general, _message(attachments=[_card()]))
 
     messages = (await _channels(graph, world).by_channel_id(general).messages.get()).value
@@ -251,8 +277,12 @@ async def test_graph_lists_user_and_bot_posts_with_cards(world, graph, connector
     assert card_post.attachments[0].content_type == ADAPTIVE_CARD
     assert '"AdaptiveCard"' in card_post.attachments[0].content  # a JSON string, as Graph gives it
     assert f'<attachment id="{card_post.attachments[0].id}">' in card_post.body.content
-    replies = (await _channels(graph, world).by_channel_id(general).messages.by_chat_message_id(
-        user_post["activity"]["id"]).replies.get()).value
+    replies = (
+        await _channels(graph, world)
+        .by_channel_id(general)
+        .messages.by_chat_message_id(user_post["activity"]["id"])
+        .replies.get()
+    ).value
     assert [(r.body.content, r.reply_to_id) for r in replies] == [("on it", user_post["activity"]["id"])]
 
 
@@ -319,7 +349,8 @@ async def test_connector_reply_update_and_delete(world, connector):
     reply_to = await connector.conversations.reply_to_activity(general, in_thread.id, _message("reply 2"))
     new_root = await connector.conversations.send_to_conversation(general, _message("another root"))
     updated = await connector.conversations.update_activity(
-        root.id, root.activity_id, _message("root, edited", attachments=[_card()]))
+        root.id, root.activity_id, _message("root, edited", attachments=[_card()])
+    )
     await connector.conversations.delete_activity(root.id, in_thread.id)
 
     assert updated.id == root.activity_id
@@ -369,8 +400,9 @@ async def test_connector_team_details_and_channels(world):
 
 
 async def test_connector_deleted_channel_and_removed_bot(world, connector):
-    channel = (await world.http.post(f"/v1.0/teams/{world.team['aadGroupId']}/channels",
-                                     json={"displayName": "soon gone"})).json()
+    channel = (
+        await world.http.post(f"/v1.0/teams/{world.team['aadGroupId']}/channels", json={"displayName": "soon gone"})
+    ).json()
     world.ms.delete_channel(world.team["id"], channel["id"])
     with pytest.raises(ErrorResponseException) as deleted:
         await _new_root(connector, channel["id"], _message("hello?"))
@@ -384,14 +416,24 @@ async def test_connector_deleted_channel_and_removed_bot(world, connector):
     assert removed.value.error.error.code == "BotNotInConversationRoster"
 
 
-@pytest.mark.parametrize(("activity", "status", "code"), [
-    ({"text": "no type"}, 400, "BadArgument"),
-    ({"type": "message"}, 400, "BadArgument"),
-    ({"type": "message", "text": "x" * (101 * 1024)}, 413, "MessageSizeTooBig"),
-    ({"type": "message", "attachments": [{"contentType": ADAPTIVE_CARD,
-                                          "content": {"type": "AdaptiveCard", "body": ["y" * (29 * 1024)]}}]},
-     413, "MessageSizeTooBig"),
-])
+@pytest.mark.parametrize(
+    ("activity", "status", "code"),
+    [
+        ({"text": "no type"}, 400, "BadArgument"),
+        ({"type": "message"}, 400, "BadArgument"),
+        ({"type": "message", "text": "x" * (101 * 1024)}, 413, "MessageSizeTooBig"),
+        (
+            {
+                "type": "message",
+                "attachments": [
+                    {"contentType": ADAPTIVE_CARD, "content": {"type": "AdaptiveCard", "body": ["y" * (29 * 1024)]}}
+                ],
+            },
+            413,
+            "MessageSizeTooBig",
+        ),
+    ],
+)
 async def test_connector_validates_activities(world, activity, status, code):
     response = await world.http.post(f"/connector/v3/conversations/{world.team['id']}/activities", json=activity)
     assert response.status_code == status
@@ -400,9 +442,11 @@ async def test_connector_validates_activities(world, activity, status, code):
 
 
 async def test_connector_requires_json(world):
-    response = await world.http.post(f"/connector/v3/conversations/{world.team['id']}/activities",
-                                     content=b'{"type": "message", "text": "hi"}',
-                                     headers={"Content-Type": "text/plain"})
+    response = await world.http.post(
+        f"/connector/v3/conversations/{world.team['id']}/activities",
+        content=b'{"type": "message", "text": "hi"}',
+        headers={"Content-Type": "text/plain"},
+    )
     assert response.status_code == 415
 
 
@@ -474,7 +518,10 @@ async def test_install_sends_installation_and_member_updates(aiohttp_server, bot
     assert update["channelData"]["eventType"] == "teamMemberAdded"
     for activity in (install, update):
         assert activity["channelData"]["team"] == {
-            "id": team["id"], "name": "Support", "aadGroupId": team["aadGroupId"]}
+            "id": team["id"],
+            "name": "Support",
+            "aadGroupId": team["aadGroupId"],
+        }
         assert activity["channelData"]["tenant"] == {"id": ms.tenant_id}
         assert activity["conversation"]["id"] == team["id"]
         assert activity["recipient"] == {"id": ms.bot_id, "name": ms.bot_name}
@@ -491,17 +538,32 @@ async def test_user_posts_reach_the_bot_like_teams_sends_them(world):
     sent_root, sent_reply = world.bot.received
     root_id = sent_root["id"]
     assert ACTIVITY_ID.match(root_id)
-    assert sent_root["conversation"] == {"isGroup": True, "conversationType": "channel",
-                                         "tenantId": world.ms.tenant_id, "id": f"{general};messageid={root_id}"}
+    assert sent_root["conversation"] == {
+        "isGroup": True,
+        "conversationType": "channel",
+        "tenantId": world.ms.tenant_id,
+        "id": f"{general};messageid={root_id}",
+    }
     assert sent_root["text"] == f"<at>{world.ms.bot_name}</at> Can someone help?"
     mention = next(e for e in sent_root["entities"] if e["type"] == "mention")
-    assert mention == {"type": "mention", "mentioned": {"id": world.ms.bot_id, "name": world.ms.bot_name},
-                       "text": f"<at>{world.ms.bot_name}</at>"}
+    assert mention == {
+        "type": "mention",
+        "mentioned": {"id": world.ms.bot_id, "name": world.ms.bot_name},
+        "text": f"<at>{world.ms.bot_name}</at>",
+    }
     assert any(e["type"] == "clientInfo" for e in sent_root["entities"])
-    assert sent_root["channelData"] == {"teamsTeamId": general, "teamsChannelId": general, "team": {"id": general},
-                                        "channel": {"id": general}, "tenant": {"id": world.ms.tenant_id}}
-    assert sent_root["from"] == {"id": world.alice["id"], "name": "Alice Adams",
-                                 "aadObjectId": world.alice["aadObjectId"]}
+    assert sent_root["channelData"] == {
+        "teamsTeamId": general,
+        "teamsChannelId": general,
+        "team": {"id": general},
+        "channel": {"id": general},
+        "tenant": {"id": world.ms.tenant_id},
+    }
+    assert sent_root["from"] == {
+        "id": world.alice["id"],
+        "name": "Alice Adams",
+        "aadObjectId": world.alice["aadObjectId"],
+    }
     assert sent_root["textFormat"] == "plain" and sent_root["serviceUrl"] == world.ms.service_url
     assert sent_reply["conversation"]["id"] == f"{general};messageid={root_id}"
     assert sent_reply["replyToId"] == root_id and sent_reply["id"] != root_id

@@ -123,7 +123,10 @@ async def test_agents_filter_by_email_case_insensitively(client: Any, agent: dic
 
 async def test_conversation_shape(client: Any, sandbox: NeetoChatSandbox) -> None:
     first = sandbox.start_conversation(
-        SUB, visitor_name="Vic", visitor_email="vic@example.com", message="Hi",
+        SUB,
+        visitor_name="Vic",
+        visitor_email="vic@example.com",
+        message="Hi",
         prechat=[{"question": "Topic?", "answer": "Billing"}],
     )
     second = sandbox.start_conversation(SUB, visitor_name=None, visitor_email=None, message=None)
@@ -173,9 +176,9 @@ async def test_list_messages_refuses_bad_limit_and_cursor(
 async def test_cursor_of_another_conversation_is_refused(client: Any, sandbox: NeetoChatSandbox) -> None:
     convs = [sandbox.start_conversation(SUB, visitor_name="V", visitor_email=None, message="a") for _ in range(2)]
     sandbox.visitor_writes(SUB, convs[0]["id"], "b")
-    page = await (await client.get(
-        api(f"/conversations/{convs[0]['id']}/messages"), params={"limit": "1"}, headers=HEADERS
-    )).json()
+    page = await (
+        await client.get(api(f"/conversations/{convs[0]['id']}/messages"), params={"limit": "1"}, headers=HEADERS)
+    ).json()
     resp = await client.get(
         api(f"/conversations/{convs[1]['id']}/messages"), params={"after": page["next_cursor"]}, headers=HEADERS
     )
@@ -219,8 +222,9 @@ async def test_create_message_echoes_source_and_external_id(
     client: Any, sandbox: NeetoChatSandbox, agent: dict[str, Any], conversation: dict[str, Any], receiver: Receiver
 ) -> None:
     resp = await post_message(
-        client, conversation["id"], {"agent_id": agent["id"], "body": "From Teams", "source": "teams",
-                                     "external_id": "act-9", "unknown_field": 1},
+        client,
+        conversation["id"],
+        {"agent_id": agent["id"], "body": "From Teams", "source": "teams", "external_id": "act-9", "unknown_field": 1},
     )
     message = await resp.json()
     assert resp.status == 201
@@ -260,7 +264,8 @@ async def test_create_message_refusals(
 async def test_malformed_json_is_400(client: Any, conversation: dict[str, Any]) -> None:
     for raw in (b"{not json", b"[1, 2]", b""):
         resp = await client.post(
-            api(f"/conversations/{conversation['id']}/messages"), data=raw,
+            api(f"/conversations/{conversation['id']}/messages"),
+            data=raw,
             headers={**HEADERS, "Content-Type": "application/json"},
         )
         assert resp.status == 400
@@ -348,8 +353,12 @@ async def test_app_actions_emit_events_with_null_actor_and_visitor_reopens(
     sandbox.agent_writes(SUB, conversation["id"], agent["id"], "note to self", internal=True)
     events = sandbox.events(SUB)
     assert [e["event"] for e in events] == [
-        "conversation.created", "conversation.assigned", "conversation.closed",
-        "conversation.reopened", "message.created", "message.created",
+        "conversation.created",
+        "conversation.assigned",
+        "conversation.closed",
+        "conversation.reopened",
+        "message.created",
+        "message.created",
     ]
     assert events[0]["data"]["message"]["body"] == "Hello?"
     assert [e["data"]["actor"] for e in events[1:4]] == [None, None, None]
@@ -512,9 +521,11 @@ async def test_http_control_routes_drive_a_workspace(aiohttp_client: Any, aiohtt
     )
     assert resp.status == 201
     agent = await (await client.post("/globex/_sandbox/agents", json={"name": "Al", "email": "al@globex.test"})).json()
-    conv = await (await client.post(
-        "/globex/_sandbox/conversations", json={"visitor_name": "Vi", "visitor_email": None, "message": "Hi"}
-    )).json()
+    conv = await (
+        await client.post(
+            "/globex/_sandbox/conversations", json={"visitor_name": "Vi", "visitor_email": None, "message": "Hi"}
+        )
+    ).json()
     base = f"/globex/_sandbox/conversations/{conv['id']}"
     file = {"filename": "n.txt", "content_type": "text/plain", "content_base64": base64.b64encode(b"note").decode()}
     assert (await client.post(f"{base}/visitor_messages", json={"body": "", "attachments": [file]})).status == 201
@@ -534,7 +545,11 @@ async def test_http_control_routes_drive_a_workspace(aiohttp_client: Any, aiohtt
     events = (await (await client.get("/globex/_sandbox/events")).json())["events"]
     assert [d["event_id"] for d in deliveries] == [e["id"] for e in events] == [e["id"] for e in receiver.events()]
     assert [e["event"] for e in events] == [
-        "conversation.created", "message.created", "message.created", "conversation.assigned", "conversation.closed",
+        "conversation.created",
+        "message.created",
+        "message.created",
+        "conversation.assigned",
+        "conversation.closed",
     ]
     assert (await client.get("/nobody/_sandbox/events")).status == 404
     assert (await client.post("/globex/_sandbox/agents", data=b"{")).status == 400

@@ -68,7 +68,12 @@ def test_visitor_text_cannot_format_or_inject_into_teams():
         "sender": {"type": "visitor", "name": "<b>Eve</b>"},
         "body": "**bold** <script>alert(1)</script>\nsecond line https://example.com/a?b=1&c=2.",
         "attachments": [
-            {"filename": "a<b>.pdf", "url": "https://files.example/a.pdf", "content_type": "application/pdf", "size": 2048}
+            {
+                "filename": "a<b>.pdf",
+                "url": "https://files.example/a.pdf",
+                "content_type": "application/pdf",
+                "size": 2048,
+            }
         ],
         "created_at": "2026-11-28T15:31:46.123Z",
     }

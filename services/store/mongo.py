@@ -1,0 +1,409 @@
+"""The MongoDB store, through motor.
+
+Deduplication is done by unique indexes (insert, catch ``DuplicateKeyError``); job
+``seq`` comes from an atomic counter; a claim is a ``find_one_and_update`` guarded on the
+job still being pending, due and unleased, so of two processes racing for one job
+exactly one wins. Numbered migrations (index creation, mostly) are recorded in the
+``migrations`` collection and applied at ``open()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from dataclasses import fields as dc_fields
+from typing import Any
+
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from services.store.base import (
+    Installation,
+    Job,
+    JobCounts,
+    MessageLink,
+    Portal,
+    Store,
+    Workspace,
+)
+
+_STRING = {"$type": "string"}
+
+
+async def _migration_1(db: Any) -> None:
+    await db.workspaces.create_index([("team_id", ASCENDING)], name="team")
+    await db.installations.create_index([("aad_group_id", ASCENDING)], name="aad_group")
+    await db.portals.create_index(
+        [("workspace_id", ASCENDING), ("conversation_id", ASCENDING)], name="conversation", unique=True
+    )
+    await db.portals.create_index(
+        [("channel_id", ASCENDING)], name="channel", partialFilterExpression={"channel_id": _STRING}
+    )
+    await db.portals.create_index([("workspace_id", ASCENDING), ("state", ASCENDING)], name="state")
+    await db.message_links.create_index(
+        [("workspace_id", ASCENDING), ("neeto_message_id", ASCENDING)],
+        name="neeto",
+        unique=True,
+        partialFilterExpression={"neeto_message_id": _STRING},
+    )
+    await db.message_links.create_index(
+        [("workspace_id", ASCENDING), ("teams_activity_id", ASCENDING)],
+        name="activity",
+        unique=True,
+        partialFilterExpression={"teams_activity_id": _STRING},
+    )
+    await db.message_links.create_index(
+        [("workspace_id", ASCENDING), ("conversation_id", ASCENDING)], name="conversation"
+    )
+    await db.jobs.create_index([("dedupe_key", ASCENDING)], name="dedupe", unique=True)
+    # claim: heads per partition (DISTINCT_SCAN), live leases per partition, due scan
+    await db.jobs.create_index(
+        [("status", ASCENDING), ("partition", ASCENDING), ("_id", ASCENDING)], name="partition_seq"
+    )
+    await db.jobs.create_index(
+        [("partition", ASCENDING), ("lease_until", ASCENDING)],
+        name="pending_lease",
+        partialFilterExpression={"status": "pending"},
+    )
+    await db.jobs.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due")
+    await db.jobs.create_index(
+        [("workspace_id", ASCENDING), ("status", ASCENDING), ("finished_at", ASCENDING)], name="workspace"
+    )
+
+
+# Numbered migrations, applied in order; never edit a released one, append.
+MIGRATIONS: list[tuple[int, Callable[[Any], Awaitable[None]]]] = [
+    (1, _migration_1),
+]
+
+_PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
+
+
+def _load(cls: type, doc: dict[str, Any] | None, id_field: str | None = None) -> Any:
+    if doc is None:
+        return None
+    names = {f.name for f in dc_fields(cls)}
+    kwargs = {k: v for k, v in doc.items() if k in names}
+    if id_field is not None:
+        kwargs[id_field] = doc["_id"]
+    return cls(**kwargs)
+
+
+class MongoStore(Store):
+    def __init__(self, client_or_uri: Any, db_name: str) -> None:
+        if isinstance(client_or_uri, str):
+            self._client: Any = AsyncIOMotorClient(client_or_uri)
+            self._owns_client = True
+        else:
+            self._client = client_or_uri
+            self._owns_client = False
+        self.db = self._client[db_name]
+
+    # lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        applied = {doc["_id"] async for doc in self.db.migrations.find({}, {"_id": 1})}
+        for number, migrate in sorted(MIGRATIONS, key=lambda m: m[0]):
+            if number in applied:
+                continue
+            await migrate(self.db)  # idempotent (create_index), so a racing process is harmless
+            with contextlib.suppress(DuplicateKeyError):
+                await self.db.migrations.insert_one({"_id": number, "applied_at": time.time()})
+
+    async def schema_version(self) -> int:
+        doc = await self.db.migrations.find_one({}, sort=[("_id", DESCENDING)])
+        return int(doc["_id"]) if doc else 0
+
+    async def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    async def ping(self) -> None:
+        await self.db.command("ping")
+
+    # workspaces ----------------------------------------------------------------------
+    async def put_workspace(self, ws: Workspace) -> None:
+        now = time.time()
+        doc = asdict(ws)
+        ws_id = doc.pop("id")
+        doc["updated_at"] = ws.updated_at or now
+        created = doc.pop("created_at") or None
+        update: dict[str, Any] = {"$set": doc}
+        if created is None:
+            update["$setOnInsert"] = {"created_at": now}
+        else:
+            doc["created_at"] = created
+        await self.db.workspaces.update_one({"_id": ws_id}, update, upsert=True)
+
+    async def get_workspace(self, workspace_id: str) -> Workspace | None:
+        return _load(Workspace, await self.db.workspaces.find_one({"_id": workspace_id}), "id")
+
+    async def delete_workspace(self, workspace_id: str) -> bool:
+        result = await self.db.workspaces.delete_one({"_id": workspace_id})
+        await self.db.portals.delete_many({"workspace_id": workspace_id})
+        await self.db.message_links.delete_many({"workspace_id": workspace_id})
+        await self.db.jobs.delete_many({"workspace_id": workspace_id, "status": "pending"})
+        return result.deleted_count > 0
+
+    async def workspaces_for_team(self, team_id: str) -> list[Workspace]:
+        cursor = self.db.workspaces.find({"team_id": team_id}).sort("_id", ASCENDING)
+        return [_load(Workspace, doc, "id") async for doc in cursor]
+
+    # installations -------------------------------------------------------------------
+    async def put_installation(self, inst: Installation) -> None:
+        doc = asdict(inst)
+        team_id = doc.pop("team_id")
+        doc["updated_at"] = inst.updated_at or time.time()
+        await self.db.installations.replace_one({"_id": team_id}, doc, upsert=True)
+
+    async def get_installation(self, team_id_or_group_id: str) -> Installation | None:
+        key = team_id_or_group_id
+        doc = await self.db.installations.find_one({"_id": key})
+        if doc is None:
+            doc = await self.db.installations.find_one({"aad_group_id": key}, sort=[("updated_at", DESCENDING)])
+        return _load(Installation, doc, "team_id")
+
+    # portals -------------------------------------------------------------------------
+    async def create_portal(self, portal: Portal) -> bool:
+        now = time.time()
+        doc = asdict(portal)
+        doc["created_at"] = portal.created_at or now
+        doc["updated_at"] = portal.updated_at or now
+        try:
+            await self.db.portals.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_portal(self, workspace_id: str, conversation_id: str) -> Portal | None:
+        doc = await self.db.portals.find_one({"workspace_id": workspace_id, "conversation_id": conversation_id})
+        return _load(Portal, doc)
+
+    async def get_portal_by_channel(self, channel_id: str) -> Portal | None:
+        doc = await self.db.portals.find_one(
+            {"channel_id": {"$eq": channel_id, **_STRING}, "state": {"$ne": "closed"}},
+            sort=[("created_at", DESCENDING)],
+        )
+        return _load(Portal, doc)
+
+    async def update_portal(self, workspace_id: str, conversation_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _PORTAL_FIELDS
+        if unknown:
+            raise ValueError(f"unknown portal fields: {sorted(unknown)}")
+        values = dict(fields)
+        values.setdefault("updated_at", time.time())
+        await self.db.portals.update_one(
+            {"workspace_id": workspace_id, "conversation_id": conversation_id}, {"$set": values}
+        )
+
+    async def count_portals(self, workspace_id: str, state: str | None = None) -> int:
+        query: dict[str, Any] = {"workspace_id": workspace_id}
+        if state is not None:
+            query["state"] = state
+        return int(await self.db.portals.count_documents(query))
+
+    # message links -------------------------------------------------------------------
+    async def add_message_link(self, link: MessageLink) -> bool:
+        doc = asdict(link)
+        doc["created_at"] = link.created_at or time.time()
+        try:
+            await self.db.message_links.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    # Lookups repeat the partial index's filter ($type string) so the planner can use it.
+    async def get_link_by_neeto_id(self, workspace_id: str, neeto_message_id: str) -> MessageLink | None:
+        doc = await self.db.message_links.find_one(
+            {"workspace_id": workspace_id, "neeto_message_id": {"$eq": neeto_message_id, **_STRING}}
+        )
+        return _load(MessageLink, doc)
+
+    async def get_link_by_activity_id(self, workspace_id: str, teams_activity_id: str) -> MessageLink | None:
+        doc = await self.db.message_links.find_one(
+            {"workspace_id": workspace_id, "teams_activity_id": {"$eq": teams_activity_id, **_STRING}}
+        )
+        return _load(MessageLink, doc)
+
+    async def complete_message_link(
+        self,
+        workspace_id: str,
+        *,
+        neeto_message_id: str | None = None,
+        teams_activity_id: str | None = None,
+    ) -> None:
+        if neeto_message_id is None or teams_activity_id is None:
+            return  # nothing to fill in
+        try:
+            await self.db.message_links.update_one(
+                {
+                    "workspace_id": workspace_id,
+                    "neeto_message_id": {"$eq": neeto_message_id, **_STRING},
+                    "direction": "to_teams",
+                    "teams_activity_id": None,
+                },
+                {"$set": {"teams_activity_id": teams_activity_id}},
+            )
+            await self.db.message_links.update_one(
+                {
+                    "workspace_id": workspace_id,
+                    "teams_activity_id": {"$eq": teams_activity_id, **_STRING},
+                    "direction": "to_neetochat",
+                    "neeto_message_id": None,
+                },
+                {"$set": {"neeto_message_id": neeto_message_id}},
+            )
+        except DuplicateKeyError:
+            # the other id is already linked to a different message: the unique index
+            # keeps the first link, and this one stays incomplete.
+            pass
+
+    # jobs ----------------------------------------------------------------------------
+    async def _next_seq(self) -> int:
+        doc = await self.db.counters.find_one_and_update(
+            {"_id": "jobs"}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return int(doc["value"])
+
+    @staticmethod
+    def _job(doc: dict[str, Any] | None) -> Job | None:
+        return _load(Job, doc, "seq")
+
+    async def enqueue(self, job: Job) -> bool:
+        doc = asdict(job)
+        del doc["seq"]
+        doc.update(status="pending", lease_owner=None, lease_until=0.0, finished_at=None)
+        doc["created_at"] = job.created_at or time.time()
+        doc["_id"] = await self._next_seq()  # a duplicate leaves a gap in seq; harmless
+        try:
+            await self.db.jobs.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        job.seq = doc["_id"]
+        return True
+
+    async def claim_jobs(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Job]:
+        """Heads of partitions, then a guarded ``find_one_and_update`` per head.
+
+        1. The head (smallest pending seq) of every partition with pending work: a
+           ``$sort`` + ``$group``/``$first`` over the (status, partition, _id) index,
+           which MongoDB runs as a DISTINCT_SCAN (one index probe per partition).
+        2. Of those, the due ones in seq order (``_id $in``).
+        3. Drop partitions with any pending job under a live lease (anyone's).
+        4. Lease each survivor with a ``find_one_and_update`` whose filter repeats the
+           conditions (pending, due, lease free or expired): a racing process that
+           got there first makes the filter miss, so only one of them wins.
+        """
+        if limit <= 0:
+            return []
+        heads = [
+            doc["seq"]
+            async for doc in self.db.jobs.aggregate(
+                [
+                    {"$match": {"status": "pending"}},
+                    {"$sort": {"status": 1, "partition": 1, "_id": 1}},
+                    {"$group": {"_id": "$partition", "seq": {"$first": "$_id"}}},
+                ]
+            )
+        ]
+        if not heads:
+            return []
+        due = [
+            doc
+            async for doc in self.db.jobs.find(
+                {
+                    "_id": {"$in": heads},
+                    "status": "pending",
+                    "next_attempt_at": {"$lte": now},
+                    "lease_until": {"$lte": now},
+                },
+                {"_id": 1, "partition": 1},
+            ).sort("_id", ASCENDING)
+        ]
+        if not due:
+            return []
+        # heads only: a leased non-head exists only if enqueue raced with a claim (seq
+        # taken from the counter before the insert landed); never work such a partition
+        # twice at once.
+        leased = {
+            doc["partition"]
+            async for doc in self.db.jobs.find(
+                {"status": "pending", "partition": {"$in": [d["partition"] for d in due]}, "lease_until": {"$gt": now}},
+                {"partition": 1},
+            )
+        }
+        claimed: list[Job] = []
+        for doc in due:
+            if len(claimed) >= limit:
+                break
+            if doc["partition"] in leased:
+                continue
+            got = await self.db.jobs.find_one_and_update(
+                {
+                    "_id": doc["_id"],
+                    "status": "pending",
+                    "next_attempt_at": {"$lte": now},
+                    "$or": [{"lease_owner": None}, {"lease_until": {"$lte": now}}],
+                },
+                {"$set": {"lease_owner": owner, "lease_until": now + lease_seconds}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if got is not None:
+                claimed.append(self._job(got))
+        return claimed
+
+    async def finish_job(self, seq: int, owner: str, status: str, error: str | None = None) -> bool:
+        if status not in ("done", "dead"):
+            raise ValueError(f"a job finishes as done or dead, not {status!r}")
+        result = await self.db.jobs.update_one(
+            {"_id": seq, "status": "pending", "lease_owner": owner},
+            {
+                "$set": {
+                    "status": status,
+                    "finished_at": time.time(),
+                    "last_error": error,
+                    "lease_owner": None,
+                    "lease_until": 0.0,
+                }
+            },
+        )
+        return result.modified_count > 0
+
+    async def retry_job(self, seq: int, owner: str, next_attempt_at: float, error: str) -> bool:
+        result = await self.db.jobs.update_one(
+            {"_id": seq, "status": "pending", "lease_owner": owner},
+            {
+                "$inc": {"attempts": 1},
+                "$set": {
+                    "next_attempt_at": next_attempt_at,
+                    "last_error": error,
+                    "lease_owner": None,
+                    "lease_until": 0.0,
+                },
+            },
+        )
+        return result.modified_count > 0
+
+    async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
+        match: dict[str, Any] = {} if workspace_id is None else {"workspace_id": workspace_id}
+        counts = JobCounts()
+        async for doc in self.db.jobs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
+            if doc["_id"] in ("pending", "done", "dead"):
+                setattr(counts, doc["_id"], int(doc["n"]))
+            else:
+                counts.extra[str(doc["_id"])] = int(doc["n"])
+        oldest = await self.db.jobs.find_one(
+            {**match, "status": "pending"}, {"created_at": 1}, sort=[("created_at", ASCENDING)]
+        )
+        counts.oldest_pending_at = None if oldest is None else float(oldest["created_at"])
+        return counts
+
+    async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]:
+        cursor = (
+            self.db.jobs.find({"workspace_id": workspace_id, "status": "dead"})
+            .sort([("finished_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
+        return [self._job(doc) async for doc in cursor]

@@ -1,0 +1,509 @@
+"""The embedded store: one SQLite file (WAL) under ``DATA_DIR``, through aiosqlite.
+
+Several bridge processes may share the file: every read-then-write runs inside
+``BEGIN IMMEDIATE`` (the write lock is taken up front, so two processes never both read
+the same free job), and ``busy_timeout`` makes a process wait for the lock instead of
+failing. Within one process a single connection is shared, so an ``asyncio.Lock``
+keeps one coroutine's transaction from swallowing another coroutine's statements.
+
+Deduplication is done by unique indexes (``INSERT ... ON CONFLICT DO NOTHING`` or a
+caught ``IntegrityError``), never by reading first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from dataclasses import fields as dc_fields
+from typing import Any
+
+import aiosqlite
+
+from services.store.base import (
+    Installation,
+    Job,
+    JobCounts,
+    MessageLink,
+    Portal,
+    Store,
+    Workspace,
+)
+
+# Numbered migrations: (number, statements). Applied in order, each inside the one
+# transaction taken at open(); the numbers applied are recorded in ``schema_version``.
+# Never edit a released migration: append a new one.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE workspaces (
+                id TEXT PRIMARY KEY,
+                base_url TEXT NOT NULL,
+                api_key_enc TEXT NOT NULL,
+                webhook_secret_enc TEXT NOT NULL,
+                name TEXT NOT NULL DEFAULT '',
+                app_url TEXT NOT NULL DEFAULT '',
+                tenant_id TEXT,
+                team_id TEXT,
+                aad_group_id TEXT,
+                notification_channel_id TEXT,
+                update_type TEXT NOT NULL DEFAULT 'new_conversations',
+                authorizing_user TEXT,
+                created_at REAL NOT NULL DEFAULT 0,
+                updated_at REAL NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX workspaces_team ON workspaces(team_id) WHERE team_id IS NOT NULL",
+            """CREATE TABLE installations (
+                team_id TEXT PRIMARY KEY,
+                aad_group_id TEXT,
+                tenant_id TEXT,
+                service_url TEXT NOT NULL,
+                general_channel_id TEXT NOT NULL,
+                name TEXT NOT NULL DEFAULT '',
+                installed INTEGER NOT NULL DEFAULT 1,
+                updated_at REAL NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX installations_group ON installations(aad_group_id) WHERE aad_group_id IS NOT NULL",
+            """CREATE TABLE portals (
+                workspace_id TEXT NOT NULL,
+                conversation_id TEXT NOT NULL,
+                number INTEGER NOT NULL,
+                state TEXT NOT NULL DEFAULT 'pending',
+                team_id TEXT,
+                channel_id TEXT,
+                channel_name TEXT,
+                channel_url TEXT,
+                conversation_reference TEXT,
+                notice_activity_id TEXT,
+                intro_activity_id TEXT,
+                backfilled INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL DEFAULT 0,
+                updated_at REAL NOT NULL DEFAULT 0,
+                PRIMARY KEY (workspace_id, conversation_id)
+            )""",
+            "CREATE INDEX portals_channel ON portals(channel_id) WHERE channel_id IS NOT NULL",
+            "CREATE INDEX portals_state ON portals(workspace_id, state)",
+            """CREATE TABLE message_links (
+                id INTEGER PRIMARY KEY,
+                workspace_id TEXT NOT NULL,
+                conversation_id TEXT NOT NULL,
+                neeto_message_id TEXT,
+                teams_activity_id TEXT,
+                direction TEXT NOT NULL,
+                created_at REAL NOT NULL DEFAULT 0
+            )""",
+            """CREATE UNIQUE INDEX message_links_neeto ON message_links(workspace_id, neeto_message_id)
+                WHERE neeto_message_id IS NOT NULL""",
+            """CREATE UNIQUE INDEX message_links_activity ON message_links(workspace_id, teams_activity_id)
+                WHERE teams_activity_id IS NOT NULL""",
+            "CREATE INDEX message_links_conversation ON message_links(workspace_id, conversation_id)",
+            """CREATE TABLE jobs (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                kind TEXT NOT NULL,
+                workspace_id TEXT NOT NULL,
+                partition TEXT NOT NULL,
+                dedupe_key TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'pending',
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at REAL NOT NULL DEFAULT 0,
+                lease_owner TEXT,
+                lease_until REAL NOT NULL DEFAULT 0,
+                last_error TEXT,
+                created_at REAL NOT NULL DEFAULT 0,
+                finished_at REAL
+            )""",
+            "CREATE UNIQUE INDEX jobs_dedupe ON jobs(dedupe_key)",
+            # The claim query's indexes. Partial on status='pending', so they hold only the
+            # (few) unfinished jobs however many done ones accumulate.
+            # scan in seq order, due-ness read from the index:
+            "CREATE INDEX jobs_pending_seq ON jobs(seq, next_attempt_at) WHERE status = 'pending'",
+            # "is there an earlier pending job in my partition?":
+            "CREATE INDEX jobs_pending_partition ON jobs(partition, seq) WHERE status = 'pending'",
+            # "is a job of my partition under a live lease?":
+            "CREATE INDEX jobs_pending_lease ON jobs(partition, lease_until) WHERE status = 'pending'",
+            # counts, dead-job listing, workspace deletion:
+            "CREATE INDEX jobs_workspace ON jobs(workspace_id, status, finished_at)",
+        ],
+    ),
+]
+
+_JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload"}
+_BOOL_FIELDS = {"installed", "backfilled"}
+_PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in _JSON_FIELDS:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+    if name in _BOOL_FIELDS:
+        return int(bool(value))
+    return value
+
+
+def _row_values(obj: Any) -> dict[str, Any]:
+    return {f.name: _encode(f.name, getattr(obj, f.name)) for f in dc_fields(obj)}
+
+
+def _from_row(cls: type, row: sqlite3.Row | None) -> Any:
+    if row is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    for f in dc_fields(cls):
+        value = row[f.name]
+        if f.name in _JSON_FIELDS:
+            value = None if value is None else json.loads(value)
+        elif f.name in _BOOL_FIELDS:
+            value = bool(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _insert_sql(table: str, columns: list[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # lifecycle -----------------------------------------------------------------------
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("SqliteStore is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        # isolation_level=None: autocommit; transactions are explicit (BEGIN IMMEDIATE).
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        self._db = db
+        try:
+            await self._migrate()
+        except BaseException:
+            self._db = None
+            await db.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            rows = await db.execute_fetchall("SELECT version FROM schema_version")
+            applied = {r[0] for r in rows}
+            for number, statements in sorted(MIGRATIONS):
+                if number in applied:
+                    continue
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (number, time.time())
+                )
+
+    async def schema_version(self) -> int:
+        rows = await self.db.execute_fetchall("SELECT MAX(version) FROM schema_version")
+        return int(list(rows)[0][0] or 0)
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def ping(self) -> None:
+        await self.db.execute_fetchall("SELECT 1")
+
+    # helpers -------------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, store: SqliteStore) -> None:
+            self.store = store
+
+        async def __aenter__(self) -> aiosqlite.Connection:
+            await self.store._lock.acquire()
+            try:
+                await self.store.db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.store._lock.release()
+                raise
+            return self.store.db
+
+        async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            db = self.store.db
+            try:
+                if exc_type is None:
+                    try:
+                        await db.execute("COMMIT")
+                    except BaseException:
+                        await db.execute("ROLLBACK")
+                        raise
+                else:
+                    await db.execute("ROLLBACK")
+            finally:
+                self.store._lock.release()
+
+    def _transaction(self) -> SqliteStore._Tx:
+        return SqliteStore._Tx(self)
+
+    async def _write(self, sql: str, params: Any = ()) -> int:
+        """One autocommit statement; returns the number of rows changed."""
+        async with self._lock:
+            cursor = await self.db.execute(sql, params)
+            try:
+                return cursor.rowcount
+            finally:
+                await cursor.close()
+
+    async def _one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        async with self.db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        return list(await self.db.execute_fetchall(sql, params))
+
+    # workspaces ----------------------------------------------------------------------
+    async def put_workspace(self, ws: Workspace) -> None:
+        now = time.time()
+        values = _row_values(ws)
+        values["created_at"] = ws.created_at or now
+        values["updated_at"] = ws.updated_at or now
+        columns = list(values)
+        updates = [f"{c} = excluded.{c}" for c in columns if c not in ("id", "created_at")]
+        # an explicit created_at replaces the stored one; 0 keeps the original
+        keep_created = "workspaces.created_at" if not ws.created_at else "excluded.created_at"
+        updates.append(f"created_at = {keep_created}")
+        sql = _insert_sql("workspaces", columns) + f" ON CONFLICT(id) DO UPDATE SET {', '.join(updates)}"
+        await self._write(sql, values)
+
+    async def get_workspace(self, workspace_id: str) -> Workspace | None:
+        return _from_row(Workspace, await self._one("SELECT * FROM workspaces WHERE id = ?", (workspace_id,)))
+
+    async def delete_workspace(self, workspace_id: str) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM workspaces WHERE id = ?", (workspace_id,))
+            existed = cursor.rowcount > 0
+            await cursor.close()
+            await db.execute("DELETE FROM portals WHERE workspace_id = ?", (workspace_id,))
+            await db.execute("DELETE FROM message_links WHERE workspace_id = ?", (workspace_id,))
+            await db.execute("DELETE FROM jobs WHERE workspace_id = ? AND status = 'pending'", (workspace_id,))
+        return existed
+
+    async def workspaces_for_team(self, team_id: str) -> list[Workspace]:
+        rows = await self._all("SELECT * FROM workspaces WHERE team_id = ? ORDER BY id", (team_id,))
+        return [_from_row(Workspace, r) for r in rows]
+
+    # installations -------------------------------------------------------------------
+    async def put_installation(self, inst: Installation) -> None:
+        values = _row_values(inst)
+        values["updated_at"] = inst.updated_at or time.time()
+        columns = list(values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "team_id")
+        sql = _insert_sql("installations", columns) + f" ON CONFLICT(team_id) DO UPDATE SET {updates}"
+        await self._write(sql, values)
+
+    async def get_installation(self, team_id_or_group_id: str) -> Installation | None:
+        key = team_id_or_group_id
+        row = await self._one("SELECT * FROM installations WHERE team_id = ?", (key,))
+        if row is None:
+            row = await self._one(
+                "SELECT * FROM installations WHERE aad_group_id = ? ORDER BY updated_at DESC LIMIT 1", (key,)
+            )
+        return _from_row(Installation, row)
+
+    # portals -------------------------------------------------------------------------
+    async def create_portal(self, portal: Portal) -> bool:
+        now = time.time()
+        values = _row_values(portal)
+        values["created_at"] = portal.created_at or now
+        values["updated_at"] = portal.updated_at or now
+        sql = _insert_sql("portals", list(values)) + " ON CONFLICT(workspace_id, conversation_id) DO NOTHING"
+        return await self._write(sql, values) > 0
+
+    async def get_portal(self, workspace_id: str, conversation_id: str) -> Portal | None:
+        row = await self._one(
+            "SELECT * FROM portals WHERE workspace_id = ? AND conversation_id = ?", (workspace_id, conversation_id)
+        )
+        return _from_row(Portal, row)
+
+    async def get_portal_by_channel(self, channel_id: str) -> Portal | None:
+        row = await self._one(
+            "SELECT * FROM portals WHERE channel_id = ? AND state != 'closed' ORDER BY created_at DESC LIMIT 1",
+            (channel_id,),
+        )
+        return _from_row(Portal, row)
+
+    async def update_portal(self, workspace_id: str, conversation_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _PORTAL_FIELDS
+        if unknown:
+            raise ValueError(f"unknown portal fields: {sorted(unknown)}")
+        values = {name: _encode(name, value) for name, value in fields.items()}
+        values.setdefault("updated_at", time.time())
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        values["_ws"], values["_conv"] = workspace_id, conversation_id
+        await self._write(
+            f"UPDATE portals SET {assignments} WHERE workspace_id = :_ws AND conversation_id = :_conv", values
+        )
+
+    async def count_portals(self, workspace_id: str, state: str | None = None) -> int:
+        if state is None:
+            row = await self._one("SELECT COUNT(*) FROM portals WHERE workspace_id = ?", (workspace_id,))
+        else:
+            row = await self._one(
+                "SELECT COUNT(*) FROM portals WHERE workspace_id = ? AND state = ?", (workspace_id, state)
+            )
+        assert row is not None
+        return int(row[0])
+
+    # message links -------------------------------------------------------------------
+    async def add_message_link(self, link: MessageLink) -> bool:
+        values = _row_values(link)
+        values["created_at"] = link.created_at or time.time()
+        try:
+            await self._write(_insert_sql("message_links", list(values)), values)
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    async def get_link_by_neeto_id(self, workspace_id: str, neeto_message_id: str) -> MessageLink | None:
+        row = await self._one(
+            "SELECT * FROM message_links WHERE workspace_id = ? AND neeto_message_id = ?",
+            (workspace_id, neeto_message_id),
+        )
+        return _from_row(MessageLink, row)
+
+    async def get_link_by_activity_id(self, workspace_id: str, teams_activity_id: str) -> MessageLink | None:
+        row = await self._one(
+            "SELECT * FROM message_links WHERE workspace_id = ? AND teams_activity_id = ?",
+            (workspace_id, teams_activity_id),
+        )
+        return _from_row(MessageLink, row)
+
+    async def complete_message_link(
+        self,
+        workspace_id: str,
+        *,
+        neeto_message_id: str | None = None,
+        teams_activity_id: str | None = None,
+    ) -> None:
+        if neeto_message_id is None or teams_activity_id is None:
+            return  # nothing to fill in
+        try:
+            async with self._transaction() as db:
+                await db.execute(
+                    """UPDATE message_links SET teams_activity_id = ?
+                       WHERE workspace_id = ? AND neeto_message_id = ? AND direction = 'to_teams'
+                         AND teams_activity_id IS NULL""",
+                    (teams_activity_id, workspace_id, neeto_message_id),
+                )
+                await db.execute(
+                    """UPDATE message_links SET neeto_message_id = ?
+                       WHERE workspace_id = ? AND teams_activity_id = ? AND direction = 'to_neetochat'
+                         AND neeto_message_id IS NULL""",
+                    (neeto_message_id, workspace_id, teams_activity_id),
+                )
+        except sqlite3.IntegrityError:
+            # the other id is already linked to a different message: the unique index
+            # keeps the first link, and this one stays incomplete.
+            pass
+
+    # jobs ----------------------------------------------------------------------------
+    async def enqueue(self, job: Job) -> bool:
+        values = _row_values(job)
+        del values["seq"]
+        values.update(status="pending", lease_owner=None, lease_until=0.0, finished_at=None)
+        values["created_at"] = job.created_at or time.time()
+        sql = _insert_sql("jobs", list(values)) + " ON CONFLICT(dedupe_key) DO NOTHING"
+        async with self._lock:
+            cursor = await self.db.execute(sql, values)
+            try:
+                if cursor.rowcount <= 0:
+                    return False
+                job.seq = int(cursor.lastrowid or 0)
+            finally:
+                await cursor.close()
+        return True
+
+    # A job is claimable iff it is pending and due, no earlier pending job exists in its
+    # partition (so it is the partition's head and at most one per partition comes
+    # back), and no pending job of its partition is under a live lease (whoever holds
+    # it: a partition is worked on by one owner at a time). The scan walks the pending
+    # jobs in seq order (jobs_pending_seq) and stops after ``limit`` hits; each NOT
+    # EXISTS is one probe into a partial index.
+    _CLAIMABLE = """
+        SELECT j.seq FROM jobs AS j INDEXED BY jobs_pending_seq
+        WHERE j.status = 'pending' AND j.next_attempt_at <= :now
+          AND NOT EXISTS (
+            SELECT 1 FROM jobs AS e INDEXED BY jobs_pending_partition
+            WHERE e.status = 'pending' AND e.partition = j.partition AND e.seq < j.seq)
+          AND NOT EXISTS (
+            SELECT 1 FROM jobs AS l INDEXED BY jobs_pending_lease
+            WHERE l.status = 'pending' AND l.partition = j.partition AND l.lease_until > :now)
+        ORDER BY j.seq
+        LIMIT :limit
+    """
+
+    async def claim_jobs(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Job]:
+        if limit <= 0:
+            return []
+        until = now + lease_seconds
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(self._CLAIMABLE, {"now": now, "limit": limit})
+            seqs = [r[0] for r in rows]
+            if not seqs:
+                return []
+            marks = ", ".join("?" for _ in seqs)
+            await db.execute(
+                f"UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE seq IN ({marks})", (owner, until, *seqs)
+            )
+            rows = await db.execute_fetchall(f"SELECT * FROM jobs WHERE seq IN ({marks}) ORDER BY seq", seqs)
+        return [_from_row(Job, r) for r in rows]
+
+    async def finish_job(self, seq: int, owner: str, status: str, error: str | None = None) -> bool:
+        if status not in ("done", "dead"):
+            raise ValueError(f"a job finishes as done or dead, not {status!r}")
+        changed = await self._write(
+            """UPDATE jobs SET status = ?, finished_at = ?, last_error = ?, lease_owner = NULL, lease_until = 0
+               WHERE seq = ? AND status = 'pending' AND lease_owner = ?""",
+            (status, time.time(), error, seq, owner),
+        )
+        return changed > 0
+
+    async def retry_job(self, seq: int, owner: str, next_attempt_at: float, error: str) -> bool:
+        changed = await self._write(
+            """UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,
+                              lease_owner = NULL, lease_until = 0
+               WHERE seq = ? AND status = 'pending' AND lease_owner = ?""",
+            (next_attempt_at, error, seq, owner),
+        )
+        return changed > 0
+
+    async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
+        where, params = ("WHERE workspace_id = ?", (workspace_id,)) if workspace_id is not None else ("", ())
+        counts = JobCounts()
+        for status, n in await self._all(f"SELECT status, COUNT(*) FROM jobs {where} GROUP BY status", params):
+            if status in ("pending", "done", "dead"):
+                setattr(counts, status, int(n))
+            else:
+                counts.extra[status] = int(n)
+        pending_where = f"{where} AND status = 'pending'" if where else "WHERE status = 'pending'"
+        row = await self._one(f"SELECT MIN(created_at) FROM jobs {pending_where}", params)
+        counts.oldest_pending_at = None if row is None or row[0] is None else float(row[0])
+        return counts
+
+    async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]:
+        rows = await self._all(
+            """SELECT * FROM jobs WHERE workspace_id = ? AND status = 'dead'
+               ORDER BY finished_at DESC, seq DESC LIMIT ?""",
+            (workspace_id, limit),
+        )
+        return [_from_row(Job, r) for r in rows]

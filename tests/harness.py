@@ -1,0 +1,218 @@
+"""End-to-end harness: the real bridge against the sandbox's neetoChat and Microsoft 365.
+
+The bridge runs either in-process (``create_app`` served by aiohttp's test server) or as a
+real ``python app.py`` subprocess for restart and ``kill -9`` tests; either way it only
+knows the sandbox by URL, exactly as it would know neetoChat and Microsoft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sandbox.microsoft import MicrosoftSandbox
+from sandbox.neetochat import NeetoChatSandbox
+from sandbox.signing import sign
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token-0123456789"
+WS = "acme"
+API_KEY = "nc-api-key-acme-secret"
+WEBHOOK_SECRET = "whsec-acme-secret"
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (the bridge works in the
+    background after acknowledging, so tests observe outcomes, not call returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bridge_env(ms: MicrosoftSandbox, data_dir: Path, port: int | None = None) -> dict[str, str]:
+    env = {
+        "DATA_DIR": str(data_dir),
+        "GRAPH_BASE_URL": ms.graph_url,
+        "TEAMS_SERVICE_URL": ms.service_url,
+        "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MicrosoftAppId": "",
+    }
+    if port:
+        env["PORT"] = str(port)
+        env["PUBLIC_URL"] = f"http://127.0.0.1:{port}"
+    return env
+
+
+class Harness:
+    """One neetoChat workspace ("acme"), one team with a General channel, two Teams users:
+    Ada (also a neetoChat agent) and Olly (not an agent), and the authorizing admin Adam."""
+
+    def __init__(self, neeto: NeetoChatSandbox, neeto_url: str, ms: MicrosoftSandbox, http: aiohttp.ClientSession):
+        self.neeto = neeto
+        self.neeto_url = neeto_url.rstrip("/")
+        self.ms = ms
+        self.http = http
+        self.bridge_url = ""
+        neeto.add_workspace(WS, api_key=API_KEY, webhook_secret=WEBHOOK_SECRET, name="Acme Support")
+        self.admin_agent = neeto.add_agent(WS, name="Adam Admin", email="adam@acme.test", role="admin")
+        self.ada_agent = neeto.add_agent(WS, name="Ada Agent", email="ada@acme.test")
+        self.adam = ms.add_user(name="Adam Admin", email="adam@acme.test")
+        self.ada = ms.add_user(name="Ada Agent", email="ADA@acme.test")  # case differs on purpose
+        self.olly = ms.add_user(name="Olly Outsider", email="olly@partner.test")
+        self.team = ms.add_team(name="Support", members=[self.adam, self.ada, self.olly])
+
+    @property
+    def team_id(self) -> str:
+        return self.team["id"]
+
+    def set_bridge(self, url: str) -> None:
+        self.bridge_url = url.rstrip("/")
+        self.ms.bot_endpoint = f"{self.bridge_url}/api/messages"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.bridge_url}/api/neetochat/{WS}/webhooks"
+
+    async def admin(self, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.request(method, f"{self.bridge_url}{path}", json=body, headers=headers) as resp:
+            text = await resp.text()
+            return resp.status, (json.loads(text) if text else None)
+
+    async def connect(self, *, update_type: str = "new_conversations", notification_channel_id: str | None = None):
+        """What an admin does: connect the workspace, install the app, link the team."""
+        status, body = await self.admin(
+            "PUT",
+            f"/api/admin/workspaces/{WS}",
+            {"base_url": f"{self.neeto_url}/{WS}", "api_key": API_KEY, "webhook_secret": WEBHOOK_SECRET},
+        )
+        assert status in (200, 201), body
+        statuses = await self.ms.install_bot(self.team_id, by_user=self.adam)
+        assert all(200 <= s < 300 for s in statuses), statuses
+        link = {
+            "tenant_id": self.ms.tenant_id,
+            "team_id": self.team_id,
+            "update_type": update_type,
+            "authorizing_user": {
+                "aad_object_id": self.adam["aadObjectId"],
+                "email": "adam@acme.test",
+                "name": "Adam Admin",
+            },
+        }
+        if notification_channel_id:
+            link["notification_channel_id"] = notification_channel_id
+        status, body = await self.admin("PUT", f"/api/admin/workspaces/{WS}/teams", link)
+        assert status == 200, body
+        self.neeto.set_webhook_url(WS, self.webhook_url)
+        await wait_for(lambda: self.general_posts(), what="the link confirmation in General")
+
+    # Teams side --------------------------------------------------------------------------
+    def general_posts(self) -> list[dict[str, Any]]:
+        return self.ms.posts(self.team_id)
+
+    def conversation_channel(self, number: int) -> dict[str, Any] | None:
+        return next((c for c in self.ms.channels(self.team_id) if c["displayName"].split(" ")[0] == str(number)), None)
+
+    def channel_texts(self, channel_id: str) -> list[str]:
+        """What people see in a channel: each root post's text, or its card's text blocks."""
+        out = []
+        for post in self.ms.posts(channel_id):
+            if post["deleted"]:
+                continue
+            if post["text"]:
+                out.append(post["text"])
+            for att in post["attachments"] or []:
+                content = att.get("content")
+                if isinstance(content, str):
+                    content = json.loads(content)
+                out.append(json.dumps(content))
+        return out
+
+    async def wait_channel(self, number: int, timeout: float = 15.0) -> dict[str, Any]:
+        return await wait_for(lambda: self.conversation_channel(number), timeout, f"channel for #{number}")
+
+    # neetoChat side ------------------------------------------------------------------------
+    def from_teams(self, conversation_id: str) -> list[dict[str, Any]]:
+        return [m for m in self.neeto.messages(WS, conversation_id) if m.get("source") == "teams"]
+
+    def signed_webhook(self, event: dict[str, Any], *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None):
+        body = json.dumps(event).encode()
+        ts = int(time.time()) if timestamp is None else timestamp
+        headers = {
+            "Content-Type": "application/json",
+            "X-Neeto-Event": event.get("event", ""),
+            "X-Neeto-Delivery": event.get("id", ""),
+            "X-Neeto-Timestamp": str(ts),
+            "X-Neeto-Signature": sign(secret, ts, body),
+        }
+        return body, headers
+
+
+class BridgeProcess:
+    """``python app.py`` as operators run it, for restart and crash tests."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['PORT']}"
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("Microsoft", "MONGODB"))}
+        env.update(self.env)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+
+        async def healthy() -> bool:
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"bridge exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            try:
+                async with http.get(f"{self.url}/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(healthy, 30, "the bridge to start")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -1,0 +1,605 @@
+"""The store contract, run against every backend: SQLite (a fresh file), MongoDB through
+mongomock-motor, and a real MongoDB when ``MONGODB_URI`` is set.
+
+Time is a fake ``now`` passed to the job methods: nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from mongomock_motor import AsyncMongoMockClient
+
+from services.store import open_store
+from services.store.base import Installation, Job, MessageLink, Portal, Store, Workspace
+from services.store.mongo import MongoStore
+from services.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.asyncio
+
+NOW = 1_000_000.0
+LEASE = 30.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest_asyncio.fixture(params=["sqlite", "mongomock", "mongodb"])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        s: Store = SqliteStore(str(tmp_path / "bridge.sqlite3"))
+        await s.open()
+        yield s
+        await s.close()
+    elif request.param == "mongomock":
+        s = MongoStore(AsyncMongoMockClient(), "bridge_test")
+        await s.open()
+        yield s
+        await s.close()
+    else:
+        uri = os.environ.get("MONGODB_URI")
+        if not uri:
+            pytest.skip("MONGODB_URI is not set: no real MongoDB to test against")
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        client = AsyncIOMotorClient(uri, serverSelectionTimeoutMS=5000)
+        db_name = f"bridge_test_{uuid.uuid4().hex[:12]}"
+        s = MongoStore(client, db_name)
+        await s.open()
+        try:
+            yield s
+        finally:
+            await client.drop_database(db_name)
+            client.close()
+
+
+def job(key: str, partition: str = "ws1:c1", workspace: str = "ws1", **kw) -> Job:
+    return Job(
+        seq=0,
+        kind="neetochat_event",
+        workspace_id=workspace,
+        partition=partition,
+        dedupe_key=key,
+        payload={"key": key, "nested": {"n": 1}},
+        **kw,
+    )
+
+
+def workspace(ws_id: str = "ws1", **kw) -> Workspace:
+    return Workspace(
+        id=ws_id, base_url=f"https://{ws_id}.neetochat.com", api_key_enc="k-enc", webhook_secret_enc="s-enc", **kw
+    )
+
+
+def seqs_of(jobs: list[Job]) -> list[int]:
+    return [j.seq for j in jobs]
+
+
+# jobs --------------------------------------------------------------------------------
+
+
+async def test_enqueue_assigns_increasing_seq_and_dedupes(store: Store):
+    first, second = job("e1"), job("e2")
+    assert await store.enqueue(first) is True
+    assert await store.enqueue(second) is True
+    assert 0 < first.seq < second.seq
+    assert await store.enqueue(job("e1")) is False
+    counts = await store.job_counts()
+    assert counts.pending == 2
+    claimed = await store.claim_jobs("A", NOW, LEASE, 10)
+    assert [(j.dedupe_key, j.payload) for j in claimed] == [("e1", {"key": "e1", "nested": {"n": 1}})]
+
+
+async def test_dedupe_holds_after_the_job_finished(store: Store):
+    assert await store.enqueue(job("once"))
+    [j] = await store.claim_jobs("A", NOW, LEASE, 10)
+    assert await store.finish_job(j.seq, "A", "done")
+    assert await store.enqueue(job("once")) is False
+    assert (await store.job_counts()).pending == 0
+
+
+async def test_partition_order_and_retry_blocks_only_its_partition(store: Store):
+    a = [job(f"a{i}", partition="A") for i in range(1, 4)]
+    for j in a:
+        assert await store.enqueue(j)
+    b1 = job("b1", partition="B")
+    assert await store.enqueue(b1)
+
+    claimed = await store.claim_jobs("w", NOW, LEASE, 10)
+    assert seqs_of(claimed) == [a[0].seq, b1.seq]  # heads only, one per partition
+    assert claimed[0].lease_owner == "w" and claimed[0].lease_until == NOW + LEASE
+
+    assert await store.finish_job(a[0].seq, "w", "done")
+    assert await store.finish_job(b1.seq, "w", "done")
+    [head] = await store.claim_jobs("w", NOW, LEASE, 10)
+    assert head.seq == a[1].seq
+
+    # retry a2 in the future: a2 and a3 wait, partition B does not
+    assert await store.retry_job(head.seq, "w", NOW + 60, "boom")
+    b2 = job("b2", partition="B")
+    assert await store.enqueue(b2)
+    claimed = await store.claim_jobs("w", NOW + 1, LEASE, 10)
+    assert seqs_of(claimed) == [b2.seq]
+    assert await store.finish_job(b2.seq, "w", "done")
+    assert await store.claim_jobs("w", NOW + 59, LEASE, 10) == []
+
+    [again] = await store.claim_jobs("w", NOW + 60, LEASE, 10)
+    assert again.seq == a[1].seq
+    assert again.attempts == 1 and again.last_error == "boom" and again.status == "pending"
+    assert await store.finish_job(again.seq, "w", "done")
+    [last] = await store.claim_jobs("w", NOW + 60, LEASE, 10)
+    assert last.seq == a[2].seq and last.attempts == 0
+
+
+async def test_job_not_yet_due_is_not_claimed(store: Store):
+    assert await store.enqueue(job("later", next_attempt_at=NOW + 5))
+    assert await store.claim_jobs("A", NOW, LEASE, 10) == []
+    assert len(await store.claim_jobs("A", NOW + 5, LEASE, 10)) == 1
+
+
+async def test_claim_respects_limit_and_seq_order_across_partitions(store: Store):
+    for i in range(6):
+        assert await store.enqueue(job(f"k{i}", partition=f"P{i % 3}"))
+    first = await store.claim_jobs("A", NOW, LEASE, 2)
+    assert [j.dedupe_key for j in first] == ["k0", "k1"]
+    rest = await store.claim_jobs("A", NOW, LEASE, 10)
+    assert [j.dedupe_key for j in rest] == ["k2"]  # P0, P1 are leased; their k3, k4 wait
+    assert await store.claim_jobs("A", NOW, LEASE, 0) == []
+
+
+async def test_same_owner_gets_nothing_new_while_holding_the_head(store: Store):
+    assert await store.enqueue(job("x1"))
+    assert await store.enqueue(job("x2"))
+    assert len(await store.claim_jobs("A", NOW, LEASE, 10)) == 1
+    assert await store.claim_jobs("A", NOW + 1, LEASE, 10) == []
+    assert await store.claim_jobs("B", NOW + 1, LEASE, 10) == []
+
+
+async def test_lease_fencing(store: Store):
+    assert await store.enqueue(job("f1"))
+    [mine] = await store.claim_jobs("A", NOW, LEASE, 10)
+    # B holds no lease: it can neither finish nor retry A's job
+    assert await store.finish_job(mine.seq, "B", "done") is False
+    assert await store.retry_job(mine.seq, "B", NOW + 5, "nope") is False
+    assert await store.claim_jobs("B", NOW + LEASE - 1, LEASE, 10) == []
+
+    # A's lease expires (lease_until <= now): B takes the job over, and A is fenced off
+    [taken] = await store.claim_jobs("B", NOW + LEASE, LEASE, 10)
+    assert taken.seq == mine.seq and taken.lease_owner == "B"
+    assert await store.finish_job(mine.seq, "A", "done") is False
+    assert await store.retry_job(mine.seq, "A", NOW, "late") is False
+    assert await store.finish_job(mine.seq, "B", "done") is True
+    assert await store.finish_job(mine.seq, "B", "done") is False  # already finished
+    counts = await store.job_counts()
+    assert (counts.pending, counts.done) == (0, 1)
+
+
+async def test_finish_rejects_unknown_status(store: Store):
+    assert await store.enqueue(job("s1"))
+    [j] = await store.claim_jobs("A", NOW, LEASE, 1)
+    with pytest.raises(ValueError):
+        await store.finish_job(j.seq, "A", "pending")
+
+
+async def test_no_double_claim_by_different_owners_at_the_same_instant(store: Store):
+    for i in range(20):
+        assert await store.enqueue(job(f"d{i}", partition=f"P{i % 5}"))
+    first = await store.claim_jobs("A", NOW, LEASE, 3)
+    second = await store.claim_jobs("B", NOW, LEASE, 10)
+    assert len(first) == 3 and len(second) == 2
+    assert not {j.partition for j in first} & {j.partition for j in second}
+
+    # and concurrently, from one event loop
+    for j in first:
+        assert await store.finish_job(j.seq, "A", "done")
+    for j in second:
+        assert await store.finish_job(j.seq, "B", "done")
+    results = await asyncio.gather(*(store.claim_jobs(f"o{i}", NOW, LEASE, 2) for i in range(6)))
+    claimed = [j for batch in results for j in batch]
+    assert len(claimed) == 5
+    assert len({j.partition for j in claimed}) == 5
+    assert len({j.seq for j in claimed}) == 5
+
+
+async def test_dead_jobs_are_listed_newest_first_and_do_not_block(store: Store):
+    keys = ["d1", "d2", "d3"]
+    for k in keys:
+        assert await store.enqueue(job(k))
+    assert await store.enqueue(job("other-ws", workspace="ws2", partition="ws2:c1"))
+    for k in keys[:2]:
+        claimed = await store.claim_jobs("A", NOW, LEASE, 10)
+        mine = [j for j in claimed if j.dedupe_key == k]
+        assert len(mine) == 1
+        assert await store.finish_job(mine[0].seq, "A", "dead", f"{k} failed")
+    [next_job] = [j for j in await store.claim_jobs("A", NOW, LEASE, 10) if j.workspace_id == "ws1"]
+    assert next_job.dedupe_key == "d3"  # the dead ones did not block the partition
+
+    dead = await store.list_dead_jobs("ws1")
+    assert [j.dedupe_key for j in dead] == ["d2", "d1"]
+    assert dead[0].status == "dead" and dead[0].last_error == "d2 failed"
+    assert dead[0].finished_at is not None and dead[0].lease_owner is None
+    assert [j.dedupe_key for j in await store.list_dead_jobs("ws1", limit=1)] == ["d2"]
+    assert await store.list_dead_jobs("ws2") == []
+
+
+async def test_job_counts(store: Store):
+    empty = await store.job_counts()
+    assert (empty.pending, empty.done, empty.dead, empty.oldest_pending_at) == (0, 0, 0, None)
+    assert await store.enqueue(job("c1", created_at=100.0))
+    assert await store.enqueue(job("c2", created_at=200.0, partition="ws1:c2"))
+    assert await store.enqueue(job("c3", created_at=300.0, partition="ws1:c3"))
+    assert await store.enqueue(job("c4", created_at=50.0, workspace="ws2", partition="ws2:c1"))
+    claimed = {j.dedupe_key: j for j in await store.claim_jobs("A", NOW, LEASE, 10)}
+    assert await store.finish_job(claimed["c1"].seq, "A", "done")
+    assert await store.finish_job(claimed["c2"].seq, "A", "dead", "x")
+
+    ws1 = await store.job_counts("ws1")
+    assert (ws1.pending, ws1.done, ws1.dead, ws1.oldest_pending_at) == (1, 1, 1, 300.0)
+    total = await store.job_counts()
+    assert (total.pending, total.done, total.dead, total.oldest_pending_at) == (2, 1, 1, 50.0)
+    assert (await store.job_counts("nobody")).pending == 0
+
+
+# message links -----------------------------------------------------------------------
+
+
+async def test_message_link_uniqueness_on_both_ids(store: Store):
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n1", "t1", "to_teams"))
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n1", "t2", "to_teams")) is False
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n2", "t1", "to_neetochat")) is False
+    # None never collides
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n3", None, "to_teams"))
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n4", None, "to_teams"))
+    assert await store.add_message_link(MessageLink("ws1", "c1", None, "t5", "to_neetochat"))
+    assert await store.add_message_link(MessageLink("ws1", "c1", None, "t6", "to_neetochat"))
+    # another workspace may reuse the ids
+    assert await store.add_message_link(MessageLink("ws2", "c1", "n1", "t1", "to_teams"))
+
+    link = await store.get_link_by_neeto_id("ws1", "n1")
+    assert link is not None and (link.teams_activity_id, link.direction) == ("t1", "to_teams")
+    assert link.created_at > 0
+    by_activity = await store.get_link_by_activity_id("ws1", "t1")
+    assert by_activity is not None and by_activity.neeto_message_id == "n1"
+    assert await store.get_link_by_neeto_id("ws1", "missing") is None
+    assert await store.get_link_by_activity_id("ws3", "t1") is None
+
+
+async def test_complete_message_link(store: Store):
+    # to_teams: the intent is written by neeto id, the activity id filled in after posting
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n1", None, "to_teams"))
+    assert await store.get_link_by_activity_id("ws1", "t1") is None
+    await store.complete_message_link("ws1", neeto_message_id="n1", teams_activity_id="t1")
+    link = await store.get_link_by_activity_id("ws1", "t1")
+    assert link is not None and link.neeto_message_id == "n1"
+    # filling is one-shot: a second completion does not overwrite
+    await store.complete_message_link("ws1", neeto_message_id="n1", teams_activity_id="t-other")
+    assert (await store.get_link_by_neeto_id("ws1", "n1")).teams_activity_id == "t1"
+
+    # to_neetochat: found by activity id, gets the neeto id
+    assert await store.add_message_link(MessageLink("ws1", "c1", None, "t2", "to_neetochat"))
+    await store.complete_message_link("ws1", neeto_message_id="n2", teams_activity_id="t2")
+    link = await store.get_link_by_neeto_id("ws1", "n2")
+    assert link is not None and link.teams_activity_id == "t2" and link.direction == "to_neetochat"
+
+    # an id already linked elsewhere: the first link wins, no error
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n3", None, "to_teams"))
+    await store.complete_message_link("ws1", neeto_message_id="n3", teams_activity_id="t1")
+    assert (await store.get_link_by_neeto_id("ws1", "n3")).teams_activity_id is None
+    assert (await store.get_link_by_activity_id("ws1", "t1")).neeto_message_id == "n1"
+
+    # a link in the other direction is not "completed" from the wrong side
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n4", None, "to_neetochat"))
+    await store.complete_message_link("ws1", neeto_message_id="n4", teams_activity_id="t4")
+    assert (await store.get_link_by_neeto_id("ws1", "n4")).teams_activity_id is None
+
+
+# portals -----------------------------------------------------------------------------
+
+
+async def test_portal_create_if_new_get_and_update(store: Store):
+    assert await store.create_portal(Portal("ws1", "c1", 7, team_id="T1"))
+    assert await store.create_portal(Portal("ws1", "c1", 99, state="closed")) is False
+    p = await store.get_portal("ws1", "c1")
+    assert p is not None and (p.number, p.state, p.team_id, p.backfilled) == (7, "pending", "T1", False)
+    assert p.created_at > 0 and p.updated_at > 0
+    assert await store.get_portal("ws1", "c2") is None
+    assert await store.get_portal("ws2", "c1") is None
+
+    reference = {"conversation": {"id": "19:chan@thread.tacv2"}, "serviceUrl": "https://smba", "n": [1, 2]}
+    await store.update_portal(
+        "ws1", "c1", state="open", channel_id="19:chan@thread.tacv2", conversation_reference=reference, backfilled=True
+    )
+    p = await store.get_portal("ws1", "c1")
+    assert p is not None
+    assert (p.state, p.channel_id, p.conversation_reference, p.backfilled) == (
+        "open",
+        "19:chan@thread.tacv2",
+        reference,
+        True,
+    )
+    assert (p.number, p.team_id, p.channel_name) == (7, "T1", None)  # untouched fields stay
+    await store.update_portal("ws1", "c1", channel_name=None, updated_at=123.0)
+    assert (await store.get_portal("ws1", "c1")).updated_at == 123.0
+
+    with pytest.raises(ValueError):
+        await store.update_portal("ws1", "c1", no_such_field=1)
+    await store.update_portal("ws1", "missing", state="open")  # no portal: nothing happens
+    assert await store.get_portal("ws1", "missing") is None
+
+
+async def test_get_portal_by_channel_skips_closed_and_prefers_newest(store: Store):
+    assert await store.get_portal_by_channel("19:x") is None
+    assert await store.create_portal(Portal("ws1", "old", 1, state="closed", channel_id="19:x", created_at=10.0))
+    assert await store.get_portal_by_channel("19:x") is None
+    assert await store.create_portal(Portal("ws1", "a", 2, state="open", channel_id="19:x", created_at=20.0))
+    assert await store.create_portal(Portal("ws2", "b", 3, state="open", channel_id="19:x", created_at=30.0))
+    assert await store.create_portal(Portal("ws1", "other", 4, state="open", channel_id="19:y", created_at=40.0))
+    p = await store.get_portal_by_channel("19:x")
+    assert p is not None and (p.workspace_id, p.conversation_id) == ("ws2", "b")
+    await store.update_portal("ws2", "b", state="closed")
+    p = await store.get_portal_by_channel("19:x")
+    assert p is not None and p.conversation_id == "a"
+
+
+async def test_count_portals(store: Store):
+    for i, state in enumerate(["open", "open", "closed", "pending"]):
+        assert await store.create_portal(Portal("ws1", f"c{i}", i, state=state))
+    assert await store.create_portal(Portal("ws2", "c0", 0, state="open"))
+    assert await store.count_portals("ws1") == 4
+    assert await store.count_portals("ws1", "open") == 2
+    assert await store.count_portals("ws1", "closed") == 1
+    assert await store.count_portals("ws3") == 0
+
+
+# workspaces & installations ----------------------------------------------------------
+
+
+async def test_workspace_put_get_replace(store: Store):
+    assert await store.get_workspace("ws1") is None
+    user = {"aad_object_id": "u1", "email": "a@b.c", "name": "A"}
+    await store.put_workspace(workspace(name="Acme", team_id="19:t@thread.tacv2", authorizing_user=user))
+    got = await store.get_workspace("ws1")
+    assert got is not None
+    assert (got.name, got.team_id, got.authorizing_user, got.update_type) == (
+        "Acme",
+        "19:t@thread.tacv2",
+        user,
+        "new_conversations",
+    )
+    assert got.created_at > 0 and got.updated_at >= got.created_at
+    created = got.created_at
+
+    # replace the whole record: unset fields go back to their defaults, created_at stays
+    await store.put_workspace(workspace(name="Acme 2", update_type="all_activity"))
+    got = await store.get_workspace("ws1")
+    assert got is not None
+    assert (got.name, got.team_id, got.authorizing_user, got.update_type) == ("Acme 2", None, None, "all_activity")
+    assert got.created_at == created
+
+    await store.put_workspace(workspace(created_at=5.0, updated_at=6.0))
+    got = await store.get_workspace("ws1")
+    assert (got.created_at, got.updated_at) == (5.0, 6.0)
+
+
+async def test_workspaces_for_team(store: Store):
+    await store.put_workspace(workspace("a", team_id="T1"))
+    await store.put_workspace(workspace("b", team_id="T1"))
+    await store.put_workspace(workspace("c", team_id="T2"))
+    await store.put_workspace(workspace("d"))
+    assert sorted(w.id for w in await store.workspaces_for_team("T1")) == ["a", "b"]
+    assert [w.id for w in await store.workspaces_for_team("T2")] == ["c"]
+    assert await store.workspaces_for_team("T3") == []
+
+
+async def test_delete_workspace_cascades(store: Store):
+    await store.put_workspace(workspace("ws1"))
+    await store.put_workspace(workspace("ws2"))
+    for ws in ("ws1", "ws2"):
+        assert await store.create_portal(Portal(ws, "c1", 1, state="open", channel_id=f"19:{ws}"))
+        assert await store.add_message_link(MessageLink(ws, "c1", "n1", "t1", "to_teams"))
+        assert await store.enqueue(job(f"{ws}-done", workspace=ws, partition=f"{ws}:c1"))
+        assert await store.enqueue(job(f"{ws}-pending", workspace=ws, partition=f"{ws}:c1"))
+    for j in await store.claim_jobs("A", NOW, LEASE, 10):
+        assert await store.finish_job(j.seq, "A", "done")
+
+    assert await store.delete_workspace("ws1") is True
+    assert await store.get_workspace("ws1") is None
+    assert await store.get_portal("ws1", "c1") is None
+    assert await store.get_portal_by_channel("19:ws1") is None
+    assert await store.get_link_by_neeto_id("ws1", "n1") is None
+    assert await store.get_link_by_activity_id("ws1", "t1") is None
+    counts = await store.job_counts("ws1")
+    assert (counts.pending, counts.done) == (0, 1)  # finished history stays
+    assert await store.enqueue(job("ws1-done", workspace="ws1")) is False  # and still dedupes
+
+    # the other workspace is untouched
+    assert await store.get_workspace("ws2") is not None
+    assert await store.get_portal("ws2", "c1") is not None
+    assert await store.get_link_by_neeto_id("ws2", "n1") is not None
+    assert (await store.job_counts("ws2")).pending == 1
+
+    assert await store.delete_workspace("ws1") is False
+    assert await store.delete_workspace("never") is False
+
+
+async def test_installation_lookup_by_either_id(store: Store):
+    assert await store.get_installation("19:t@thread.tacv2") is None
+    inst = Installation("19:t@thread.tacv2", "group-1", "tenant-1", "https://smba/", "19:general", name="Sales")
+    await store.put_installation(inst)
+    by_team = await store.get_installation("19:t@thread.tacv2")
+    by_group = await store.get_installation("group-1")
+    assert by_team is not None and by_group is not None
+    assert by_team == by_group
+    assert (by_team.name, by_team.installed, by_team.service_url) == ("Sales", True, "https://smba/")
+    assert by_team.updated_at > 0
+
+    inst.installed = False
+    inst.updated_at = 0.0
+    await store.put_installation(inst)
+    got = await store.get_installation("group-1")
+    assert got is not None and got.installed is False
+    assert await store.get_installation("group-2") is None
+
+    await store.put_installation(Installation("19:u@thread.tacv2", None, None, "https://smba/", "19:g2"))
+    got = await store.get_installation("19:u@thread.tacv2")
+    assert got is not None and got.aad_group_id is None
+
+
+# lifecycle ---------------------------------------------------------------------------
+
+
+async def test_ping_and_reopen_is_harmless(store: Store):
+    await store.ping()
+    await store.put_workspace(workspace())
+    await store.open()  # re-running migrations changes nothing
+    if isinstance(store, MongoStore):
+        again: Store = MongoStore(store._client, store.db.name)
+        await again.open()
+        assert await again.get_workspace("ws1") is not None
+        assert await store.schema_version() >= 1
+    assert await store.get_workspace("ws1") is not None
+
+
+async def test_sqlite_reopen_keeps_everything(tmp_path):
+    path = str(tmp_path / "bridge.sqlite3")
+    s = SqliteStore(path)
+    await s.open()
+    await s.put_workspace(workspace(authorizing_user={"name": "A"}))
+    await s.put_installation(Installation("T", "G", None, "https://smba/", "19:g"))
+    assert await s.create_portal(Portal("ws1", "c1", 1, conversation_reference={"a": 1}))
+    assert await s.add_message_link(MessageLink("ws1", "c1", "n1", None, "to_teams"))
+    first, second = job("j1"), job("j2")
+    assert await s.enqueue(first) and await s.enqueue(second)
+    [leased] = await s.claim_jobs("A", NOW, LEASE, 10)
+    version = await s.schema_version()
+    await s.close()
+
+    for _ in range(2):  # reopening twice: migrations are not applied again
+        s = SqliteStore(path)
+        await s.open()
+        assert await s.schema_version() == version >= 1
+        assert (await s.get_workspace("ws1")).authorizing_user == {"name": "A"}
+        assert (await s.get_installation("G")).team_id == "T"
+        assert (await s.get_portal("ws1", "c1")).conversation_reference == {"a": 1}
+        assert (await s.get_link_by_neeto_id("ws1", "n1")).direction == "to_teams"
+        assert await s.claim_jobs("B", NOW, LEASE, 10) == []  # A's lease survived
+        assert await s.enqueue(job("j1")) is False
+        await s.close()
+
+    s = SqliteStore(path)
+    await s.open()
+    assert await s.finish_job(leased.seq, "A", "done")
+    third = job("j3")
+    assert await s.enqueue(third) and third.seq > second.seq  # seq never goes back
+    await s.close()
+
+
+async def test_open_store_factory(tmp_path):
+    data_dir = tmp_path / "data"
+    s = open_store(None, "unused", str(data_dir))
+    assert isinstance(s, SqliteStore)
+    await s.open()
+    await s.ping()
+    await s.close()
+    assert (data_dir / "bridge.sqlite3").exists()
+    m = open_store("mongodb://127.0.0.1:1", "bridge_db", str(data_dir))  # not connected yet
+    assert isinstance(m, MongoStore) and m.db.name == "bridge_db"
+    await m.close()
+
+
+# several processes on one SQLite file ------------------------------------------------
+
+_WORKER = r"""
+import asyncio, json, sys, time
+from services.store.sqlite import SqliteStore
+
+async def main(path, owner):
+    store = SqliteStore(path)
+    await store.open()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the start signal: both workers begin together
+    finished = []
+    while True:
+        jobs = await store.claim_jobs(owner, 1000.0, 1e9, 3)
+        if not jobs:
+            if (await store.job_counts()).pending == 0:
+                break
+            continue
+        for job in jobs:
+            stamp = time.monotonic_ns()  # taken while the lease is still held
+            ok = await store.finish_job(job.seq, owner, "done")
+            finished.append([job.seq, job.partition, stamp, ok])
+    await store.close()
+    print(json.dumps(finished), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_sqlite_claims_across_processes(tmp_path):
+    path = str(tmp_path / "bridge.sqlite3")
+    s = SqliteStore(path)
+    await s.open()
+    enqueued: dict[int, str] = {}
+    for i in range(200):
+        j = job(f"mp{i}", partition=f"P{i % 20}")
+        assert await s.enqueue(j)
+        enqueued[j.seq] = j.partition
+    await s.close()
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WORKER,
+            path,
+            owner,
+            cwd=str(REPO),
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for owner in ("proc-1", "proc-2")
+    ]
+    try:
+        for p in procs:
+            line = await asyncio.wait_for(p.stdout.readline(), 60)
+            assert line.strip() == b"ready", (line, await p.stderr.read())
+        for p in procs:
+            p.stdin.write(b"go\n")
+            await p.stdin.drain()
+        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 60)
+    finally:
+        for p in procs:  # a crashed worker leaves its leases held: don't let the other spin on
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+    results = []
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err.decode()
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+
+    done = [row for rows in results for row in rows]
+    assert all(ok for _, _, _, ok in done)
+    assert sorted(seq for seq, _, _, _ in done) == sorted(enqueued)  # every job exactly once
+    assert all(rows for rows in results), "both processes should have finished some jobs"
+    by_partition: dict[str, list[tuple[int, int]]] = {}
+    for seq, partition, stamp, _ in done:
+        assert enqueued[seq] == partition
+        by_partition.setdefault(partition, []).append((stamp, seq))
+    for partition, rows in by_partition.items():
+        in_time_order = [seq for _, seq in sorted(rows)]
+        assert in_time_order == sorted(in_time_order), partition
+
+    s = SqliteStore(path)
+    await s.open()
+    counts = await s.job_counts()
+    assert (counts.pending, counts.done) == (0, 200)
+    await s.close()
