@@ -1,0 +1,143 @@
+"""The webhook receiver refuses what it must and stores what it acknowledges."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from app import RUNTIME
+from tests.harness import WS, wait_for
+
+
+def _event(event_id: str = "evt_1", name: str = "message.created", conversation_id: str = "cnv_x") -> dict:
+    return {
+        "id": event_id,
+        "event": name,
+        "workspace": WS,
+        "created_at": "2026-11-28T15:31:46.123Z",
+        "data": {
+            "conversation": {"id": conversation_id, "number": 1, "status": "open"},
+            "message": {"id": "msg_1", "conversation_id": conversation_id, "body": "hi", "internal": False},
+        },
+    }
+
+
+async def _post(h, body: bytes, headers: dict, workspace: str = WS):
+    async with h.http.post(f"{h.bridge_url}/api/neetochat/{workspace}/webhooks", data=body, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def _jobs(h) -> int:
+    counts = await h.app[RUNTIME].ctx.store.job_counts(WS)
+    return counts.pending + counts.done + counts.dead
+
+
+@pytest.fixture
+async def registered(bridge):
+    """The workspace is connected but no team is linked: nothing can be posted."""
+    status, _ = await bridge.admin(
+        "PUT",
+        f"/api/admin/workspaces/{WS}",
+        {"base_url": f"{bridge.neeto_url}/{WS}", "api_key": "nc-api-key-acme-secret", "webhook_secret": "whsec-acme-secret"},
+    )
+    assert status == 201
+    return bridge
+
+
+async def test_a_signed_event_is_stored_once_even_when_redelivered(registered):
+    h = registered
+    body, headers = h.signed_webhook(_event())
+    assert (await _post(h, body, headers))[0] == 200
+    body, headers = h.signed_webhook(_event())  # a retry: new timestamp, same delivery id
+    status, answer = await _post(h, body, headers)
+    assert status == 200 and answer == {"stored": False}
+    assert await _jobs(h) == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "reason"),
+    [
+        (lambda body, headers: (body, {**headers, "X-Neeto-Signature": "sha256=" + "0" * 64}), 401, "bad signature"),
+        (lambda body, headers: (body + b" ", headers), 401, "bad signature"),
+        (lambda body, headers: (body, {k: v for k, v in headers.items() if k != "X-Neeto-Signature"}), 401, "signature"),
+        (lambda body, headers: (body, {k: v for k, v in headers.items() if k != "X-Neeto-Timestamp"}), 401, "Timestamp"),
+    ],
+    ids=["wrong-signature", "tampered-body", "no-signature", "no-timestamp"],
+)
+async def test_bad_signatures_are_refused_and_nothing_is_stored(registered, mutate, status, reason):
+    body, headers = mutate(*registered.signed_webhook(_event()))
+    got, answer = await _post(registered, body, headers)
+    assert got == status and reason in answer["error"]
+    assert await _jobs(registered) == 0
+
+
+async def test_a_stale_or_future_timestamp_is_refused(registered):
+    for skew in (-301, 301):
+        body, headers = registered.signed_webhook(_event(), timestamp=int(time.time()) + skew)
+        status, answer = await _post(registered, body, headers)
+        assert status == 401 and "stale" in answer["error"]
+    assert await _jobs(registered) == 0
+
+
+async def test_a_signature_made_with_another_secret_is_refused(registered):
+    body, headers = registered.signed_webhook(_event(), secret="someone-elses-secret")
+    assert (await _post(registered, body, headers))[0] == 401
+    assert await _jobs(registered) == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({**_event(), "event": "conversation.exploded"}).encode(), "unknown event"),
+        (json.dumps({k: v for k, v in _event().items() if k != "data"}).encode(), "'data'"),
+        (json.dumps({**_event(), "data": {"conversation": {}}}).encode(), "conversation.id"),
+        (json.dumps({**_event(), "workspace": "other"}).encode(), "another workspace"),
+    ],
+    ids=["malformed", "array", "unknown-event", "no-data", "no-conversation", "wrong-workspace"],
+)
+async def test_malformed_events_get_400_and_nothing_is_stored(registered, raw, reason):
+    body, headers = registered.signed_webhook(_event())
+    from sandbox.signing import sign
+
+    headers["X-Neeto-Signature"] = sign("whsec-acme-secret", int(headers["X-Neeto-Timestamp"]), raw)
+    status, answer = await _post(registered, raw, headers)
+    assert status == 400 and reason in answer["error"]
+    assert await _jobs(registered) == 0
+
+
+async def test_the_delivery_header_must_match_the_event(registered):
+    body, headers = registered.signed_webhook(_event())
+    headers["X-Neeto-Delivery"] = "evt_other"
+    assert (await _post(registered, body, headers))[0] == 400
+    assert await _jobs(registered) == 0
+
+
+async def test_oversized_bodies_get_413_without_being_stored(registered):
+    event = _event()
+    event["data"]["message"]["body"] = "x" * (1024 * 1024)
+    body, headers = registered.signed_webhook(event)
+    status, answer = await _post(registered, body, headers)
+    assert status == 413 and "1 MiB" in answer["error"]
+    assert await _jobs(registered) == 0
+
+
+async def test_unknown_workspaces_get_404(registered):
+    body, headers = registered.signed_webhook(_event())
+    assert (await _post(registered, body, headers, workspace="nobody"))[0] == 404
+
+
+async def test_events_for_an_unlinked_workspace_are_kept_as_failed_with_the_reason(registered):
+    body, headers = registered.signed_webhook(_event())
+    assert (await _post(registered, body, headers))[0] == 200
+
+    async def failed():
+        _, status = await registered.admin("GET", f"/api/admin/workspaces/{WS}")
+        return status["deliveries"]["failed"] == 1
+
+    await wait_for(failed, what="the event to be dead-lettered")
+    dead = await registered.app[RUNTIME].ctx.store.list_dead_jobs(WS)
+    assert "not linked" in dead[0].last_error
