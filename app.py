@@ -86,7 +86,7 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         poster=TeamsPoster(adapter, settings.app_id),
         channels=GraphChannels(build_graph_client(settings.graph_base_url)),
     )
-    runner = JobRunner(ctx)
+    runner = JobRunner(ctx, instance=settings.instance)
     app[RUNTIME] = Runtime(
         ctx=ctx,
         runner=runner,
@@ -95,7 +95,7 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         receiver=WebhookReceiver(store, box, runner.wake),
         admin=AdminApi(ctx, runner.wake),
     )
-    runner.start()
+    await runner.start()
     log.info("bridge ready on port %s (%s mode)", settings.port, "local" if settings.local_mode else "authenticated")
     try:
         yield

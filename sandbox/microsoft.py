@@ -532,8 +532,22 @@ class MicrosoftSandbox:
         return team, channel, post
 
     async def _graph_list_messages(self, request: web.Request) -> web.Response:
+        """Root posts newest first, ``$top`` per page (default 20, at most 50, as Graph
+        documents) and ``@odata.nextLink`` to the next page."""
         team, channel = self._graph_channel(request)
-        return web.json_response({"value": [self._chat_message(team, self._posts[p]) for p in channel.posts]})
+        try:
+            top = int(request.query.get("$top", "20"))
+            skip = int(request.query.get("$skiptoken", "0"))
+        except ValueError:
+            raise SandboxError(400, "BadRequest", "$top and $skiptoken must be numbers") from None
+        if not 1 <= top <= 50:
+            raise SandboxError(400, "BadRequest", "$top must be between 1 and 50")
+        newest_first = list(reversed(channel.posts))
+        page = newest_first[skip:skip + top]
+        body: dict[str, Any] = {"value": [self._chat_message(team, self._posts[p]) for p in page]}
+        if skip + top < len(newest_first):
+            body["@odata.nextLink"] = str(request.url.update_query({"$top": str(top), "$skiptoken": str(skip + top)}))
+        return web.json_response(body)
 
     async def _graph_get_message(self, request: web.Request) -> web.Response:
         team, _, post = self._graph_post(request)

@@ -393,6 +393,10 @@ class NeetoChatSandbox:
             retry_after = 1
         self._workspace(subdomain).faults.append(_Fault(status, count, retry_after, method, path_contains))
 
+    def clear_faults(self, subdomain: str) -> None:
+        """neetoChat recovers: drop every injected fault still pending."""
+        self._workspace(subdomain).faults.clear()
+
     def hold_webhooks(self, subdomain: str) -> None:
         """Queue the workspace's events without sending them until ``release_webhooks``."""
         self._workspace(subdomain).held = True

@@ -8,6 +8,7 @@ folder is read too (python-dotenv), without overriding variables already set.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -50,6 +51,7 @@ class Settings:
     teams_service_url: str = "https://smba.trafficmanager.net/teams/"
     admin_token: str | None = None
     secret_key: str | None = None
+    instance: str = "bridge"
 
     @property
     def local_mode(self) -> bool:
@@ -77,6 +79,7 @@ class Settings:
             teams_service_url=env.get("TEAMS_SERVICE_URL") or cls.teams_service_url,
             admin_token=env.get("BRIDGE_ADMIN_TOKEN") or None,
             secret_key=env.get("SECRET_KEY") or None,
+            instance=env.get("BRIDGE_INSTANCE") or socket.gethostname(),
         )
         settings.validate()
         return settings

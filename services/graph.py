@@ -10,6 +10,7 @@ checking whether the first attempt went through.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +25,22 @@ from msgraph.generated.models.channel import Channel
 from msgraph.generated.models.channel_membership_type import ChannelMembershipType
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.teams.item.channels.channels_request_builder import ChannelsRequestBuilder
+from msgraph.generated.teams.item.channels.item.messages.messages_request_builder import MessagesRequestBuilder
 from msgraph_core import GraphClientFactory
 
 from services.errors import RemoteError, parse_retry_after
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+CARD_TYPE = "application/vnd.microsoft.card.adaptive"
+
+
+@dataclass(frozen=True)
+class BotPost:
+    """A root post the bot made in a channel, as Graph lists it."""
+
+    id: str
+    html: str
+    cards: list[dict]
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,37 @@ class GraphChannels:
             if (channel.display_name or "").lower() == name.lower():
                 return ChannelInfo(id=channel.id, name=channel.display_name, web_url=channel.web_url)
         return None
+
+    async def bot_posts_since(self, group_id: str, channel_id: str, app_id: str | None, since: float) -> list[BotPost]:
+        """The bot's root posts in a channel created at or after ``since`` (unix seconds).
+
+        How a rerun learns whether an earlier attempt's post went through before the process
+        died (the connector has no idempotency keys). Pages newest first and stops at the
+        first page that reaches back past ``since``.
+        """
+        messages = self._client.teams.by_team_id(group_id).channels.by_channel_id(channel_id).messages
+        config = RequestConfiguration(
+            query_parameters=MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(top=50)
+        )
+        found: list[BotPost] = []
+        with _graph_call():
+            page = await messages.get(request_configuration=config)
+            while page is not None:
+                reached_back = False
+                for message in page.value or []:
+                    created = message.created_date_time.timestamp() if message.created_date_time else 0.0
+                    if created < since:
+                        reached_back = True
+                        continue
+                    application = message.from_.application if message.from_ else None
+                    if application is None or (app_id and application.id != app_id):
+                        continue
+                    cards = [json.loads(a.content) for a in message.attachments or [] if a.content_type == CARD_TYPE]
+                    found.append(BotPost(id=message.id, html=message.body.content if message.body else "", cards=cards))
+                if reached_back or not page.odata_next_link:
+                    break
+                page = await messages.with_url(page.odata_next_link).get()
+        return found
 
     async def delete(self, group_id: str, channel_id: str) -> None:
         """Delete; a channel that is already gone counts as deleted."""

@@ -35,9 +35,9 @@ class JobRunner:
         self,
         ctx: BridgeContext,
         *,
-        owner: str | None = None,
+        instance: str = "bridge",
         concurrency: int = 16,
-        lease_seconds: float = 120.0,
+        lease_seconds: float = 60.0,
         max_attempts: int = 12,
         base_delay: float = 1.0,
         max_delay: float = 600.0,
@@ -45,7 +45,9 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ctx = ctx
-        self.owner = owner or f"bridge-{uuid.uuid4().hex[:12]}"
+        # "<instance>/<boot>": leases of an earlier boot of this instance are freed at start.
+        self.instance = instance
+        self.owner = f"{instance}/{uuid.uuid4().hex[:12]}"
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
@@ -55,15 +57,20 @@ class JobRunner:
         self.clock = clock
         self._wake = asyncio.Event()
         self._stopping = False
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """New work was stored: look now instead of at the next poll."""
         self._wake.set()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        freed = await self.ctx.store.release_leases(f"{self.instance}/")
+        if freed:
+            log.info("resuming %d jobs left by an earlier run of instance %s", freed, self.instance)
         self._task = asyncio.create_task(self._loop(), name="job-runner")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="job-heartbeat")
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight jobs finish (their leases protect the rest)."""
@@ -71,6 +78,20 @@ class JobRunner:
         self._wake.set()
         if self._task:
             await self._task
+        if self._heartbeat_task:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+
+    async def _heartbeat(self) -> None:
+        """Keep the leases of running jobs alive, so only a dead owner loses them."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                seqs = list(self._in_flight.values())
+                await self.ctx.store.renew_leases(self.owner, seqs, self.clock() + self.lease_seconds)
+            except Exception:
+                log.exception("renewing leases failed")
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -83,7 +104,7 @@ class JobRunner:
                     log.exception("claiming jobs failed")
             for job in jobs:
                 task = asyncio.create_task(self._run(job))
-                self._in_flight.add(task)
+                self._in_flight[task] = job.seq
                 task.add_done_callback(self._done)
             if not jobs:
                 self._wake.clear()
@@ -93,7 +114,7 @@ class JobRunner:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._wake.set()  # the partition may have a next job now
 
     async def _run(self, job: Job) -> None:

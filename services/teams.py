@@ -16,6 +16,7 @@ from botbuilder.integration.aiohttp import CloudAdapter
 from botbuilder.schema import (
     Activity,
     ChannelAccount,
+    ConversationAccount,
     ConversationParameters,
     ConversationReference,
 )
@@ -58,9 +59,8 @@ class TeamsPoster:
 
     async def post_to_channel(
         self, *, service_url: str, tenant_id: str | None, channel_id: str, activity: Activity
-    ) -> tuple[str, dict[str, Any]]:
-        """Post ``activity`` as a new root post; returns (activity id, reference of the
-        channel conversation as a JSON-able dict)."""
+    ) -> str:
+        """Post ``activity`` as a new root post in the channel; returns its activity id."""
         params = ConversationParameters(
             is_group=True,
             bot=ChannelAccount(id=f"28:{self._app_id}" if self._app_id else None),
@@ -68,18 +68,33 @@ class TeamsPoster:
             tenant_id=tenant_id,
             activity=activity,
         )
-        result: dict[str, Any] = {}
+        result: dict[str, str] = {}
 
         async def capture(turn_context: TurnContext) -> None:
             result["id"] = turn_context.activity.id
-            reference = TurnContext.get_conversation_reference(turn_context.activity)
-            result["reference"] = reference.serialize()
 
         try:
             await self._adapter.create_conversation(self._app_id, capture, params, Channels.ms_teams, service_url, None)
         except _CALL_ERRORS as exc:
             raise _remote_error(exc) from exc
-        return result["id"], result["reference"]
+        return result["id"]
+
+    def thread_reference(
+        self, service_url: str, tenant_id: str | None, channel_id: str, activity_id: str
+    ) -> dict[str, Any]:
+        """The reference of the thread a root post starts (what replies and updates use)."""
+        return ConversationReference(
+            activity_id=activity_id,
+            bot=ChannelAccount(id=f"28:{self._app_id}" if self._app_id else None),
+            conversation=ConversationAccount(
+                id=f"{channel_id};messageid={activity_id}",
+                is_group=True,
+                conversation_type="channel",
+                tenant_id=tenant_id,
+            ),
+            channel_id=Channels.ms_teams,
+            service_url=service_url,
+        ).serialize()
 
     async def update(self, reference: dict[str, Any], activity_id: str, activity: Activity) -> None:
         async def run(turn_context: TurnContext) -> None:

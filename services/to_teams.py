@@ -16,7 +16,9 @@ backfill every earlier message from ``GET /conversations/{id}/messages`` in orde
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 from botbuilder.schema import Activity, ActivityTypes
@@ -26,7 +28,9 @@ from cards.conversation import card_attachment, new_conversation_card
 from services.channel_names import channel_name
 from services.context import BridgeContext, Destination
 from services.errors import RemoteError
+from services.graph import BotPost
 from services.store.base import MessageLink, Portal, Workspace
+from services.teams_text import html_to_text
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +52,63 @@ async def post_once(
     key: str,
     channel_id: str,
     activity: Activity,
-) -> tuple[str, dict[str, Any] | None]:
+) -> tuple[str, dict[str, Any]]:
     """Post ``activity`` as a root post in ``channel_id`` unless ``key`` was posted before.
 
-    Returns (activity id, channel conversation reference or None if it was posted before).
+    The intent is recorded before posting. Finding an intent without an activity id means
+    an earlier attempt died between posting and recording: Graph's list of the channel's
+    posts tells whether that post exists, and it is adopted instead of posted again.
+    Returns the activity id and the reference of the thread the post starts.
     """
     ws_id = dest.workspace.id
     link = await ctx.store.get_link_by_neeto_id(ws_id, key)
     if link and link.teams_activity_id:
-        return link.teams_activity_id, None
+        return link.teams_activity_id, ctx.poster.thread_reference(
+            dest.service_url, dest.tenant_id, channel_id, link.teams_activity_id
+        )
+    activity_id = None
     if link is None:
         await ctx.store.add_message_link(MessageLink(ws_id, conversation_id, key, None, "to_teams"))
-    activity_id, reference = await ctx.poster.post_to_channel(
-        service_url=dest.service_url,
-        tenant_id=dest.tenant_id,
-        channel_id=channel_id,
-        activity=activity,
-    )
+    else:
+        activity_id = await _earlier_post(ctx, dest, channel_id, link, activity)
+    if activity_id is None:
+        activity_id = await ctx.poster.post_to_channel(
+            service_url=dest.service_url, tenant_id=dest.tenant_id, channel_id=channel_id, activity=activity
+        )
     await ctx.store.complete_message_link(ws_id, neeto_message_id=key, teams_activity_id=activity_id)
-    return activity_id, reference
+    return activity_id, ctx.poster.thread_reference(dest.service_url, dest.tenant_id, channel_id, activity_id)
+
+
+# Teams' clock and ours may differ; look back a little further than the intent.
+CLOCK_SKEW = 120.0
+
+
+async def _earlier_post(
+    ctx: BridgeContext, dest: Destination, channel_id: str, link: MessageLink, activity: Activity
+) -> str | None:
+    """The id of a bot post identical to ``activity`` made since the intent and not yet
+    linked to anything, or None."""
+    group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
+    posts = await ctx.channels.bot_posts_since(
+        group_id, channel_id, ctx.settings.app_id or None, link.created_at - CLOCK_SKEW
+    )
+    for post in posts:
+        if _same_content(post, activity) and not await ctx.store.get_link_by_activity_id(dest.workspace.id, post.id):
+            log.info("adopting post %s made before a crash", post.id, extra={"workspace": dest.workspace.id})
+            return post.id
+    return None
+
+
+def _same_content(post: BotPost, activity: Activity) -> bool:
+    if activity.attachments:
+        sent = [json.loads(json.dumps(a["content"])) for a in activity.attachments]
+        return post.cards == sent
+    return _plain(post.html) == _plain(activity.text or "")
+
+
+def _plain(markup: str) -> str:
+    """Visible text only, so Teams' rewriting of our HTML tags does not matter."""
+    return " ".join(html_to_text(re.sub(r"<attachment[^>]*></attachment>", "", markup)).split())
 
 
 async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any]) -> None:
@@ -122,9 +164,7 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation: dic
     )
     if first:  # the intro card shows the first message: don't post it twice
         await ctx.store.add_message_link(MessageLink(ws_id, conv_id, first["id"], f"{intro_id}#first", "to_teams"))
-    fields: dict[str, Any] = {"intro_activity_id": intro_id}
-    if reference:
-        fields["conversation_reference"] = reference
+    fields: dict[str, Any] = {"intro_activity_id": intro_id, "conversation_reference": reference}
     notice_id, _ = await post_once(
         ctx, dest, conv_id, f"notice:{conv_id}", dest.notification_channel_id, card_activity(card)
     )

@@ -64,9 +64,7 @@ async def test_linking_needs_an_authorizing_user_who_is_an_agent(bridge):
     link = {"team_id": bridge.team_id, "authorizing_user": {"email": "olly@partner.test"}}
     status, body = await bridge.admin("PUT", f"/api/admin/workspaces/{WS}/teams", link)
     assert status == 422 and "not an active agent" in body["error"]
-    status, body = await bridge.admin(
-        "PUT", f"/api/admin/workspaces/{WS}/teams", {**link, "update_type": "sometimes"}
-    )
+    status, body = await bridge.admin("PUT", f"/api/admin/workspaces/{WS}/teams", {**link, "update_type": "sometimes"})
     assert status == 400
 
 

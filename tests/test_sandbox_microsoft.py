@@ -269,10 +269,10 @@ async def test_graph_lists_user_and_bot_posts_with_cards(world, graph, connector
     created = await _new_root(connector, general, _message(attachments=[_card()]))
 
     messages = (await _channels(graph, world).by_channel_id(general).messages.get()).value
-    assert [m.id for m in messages] == [user_post["activity"]["id"], created.activity_id]
-    assert messages[0].from_.user.display_name == "Alice Adams"
-    assert messages[0].body.content == "Hello <b>team</b>"
-    card_post = messages[1]
+    assert [m.id for m in messages] == [created.activity_id, user_post["activity"]["id"]]  # newest first
+    assert messages[1].from_.user.display_name == "Alice Adams"
+    assert messages[1].body.content == "Hello <b>team</b>"
+    card_post = messages[0]
     assert card_post.from_.application.id == world.ms.bot_app_id
     assert card_post.attachments[0].content_type == ADAPTIVE_CARD
     assert '"AdaptiveCard"' in card_post.attachments[0].content  # a JSON string, as Graph gives it

@@ -40,7 +40,11 @@ async def registered(bridge):
     status, _ = await bridge.admin(
         "PUT",
         f"/api/admin/workspaces/{WS}",
-        {"base_url": f"{bridge.neeto_url}/{WS}", "api_key": "nc-api-key-acme-secret", "webhook_secret": "whsec-acme-secret"},
+        {
+            "base_url": f"{bridge.neeto_url}/{WS}",
+            "api_key": "nc-api-key-acme-secret",
+            "webhook_secret": "whsec-acme-secret",
+        },
     )
     assert status == 201
     return bridge
@@ -61,8 +65,16 @@ async def test_a_signed_event_is_stored_once_even_when_redelivered(registered):
     [
         (lambda body, headers: (body, {**headers, "X-Neeto-Signature": "sha256=" + "0" * 64}), 401, "bad signature"),
         (lambda body, headers: (body + b" ", headers), 401, "bad signature"),
-        (lambda body, headers: (body, {k: v for k, v in headers.items() if k != "X-Neeto-Signature"}), 401, "signature"),
-        (lambda body, headers: (body, {k: v for k, v in headers.items() if k != "X-Neeto-Timestamp"}), 401, "Timestamp"),
+        (
+            lambda body, headers: (body, {k: v for k, v in headers.items() if k != "X-Neeto-Signature"}),
+            401,
+            "signature",
+        ),
+        (
+            lambda body, headers: (body, {k: v for k, v in headers.items() if k != "X-Neeto-Timestamp"}),
+            401,
+            "Timestamp",
+        ),
     ],
     ids=["wrong-signature", "tampered-body", "no-signature", "no-timestamp"],
 )

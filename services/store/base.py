@@ -232,6 +232,20 @@ class Store(abc.ABC):
         """Release the lease, bump attempts, reschedule. False if the lease was lost."""
 
     @abc.abstractmethod
+    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> None:
+        """Extend the leases ``owner`` still holds on ``seqs``: the heartbeat that keeps a
+        long job (a big backfill under throttling) from being taken over while it runs."""
+
+    @abc.abstractmethod
+    async def release_leases(self, owner_prefix: str) -> int:
+        """Free the pending jobs leased by owners whose name starts with ``owner_prefix``.
+
+        A bridge instance calls this at startup with its own instance name: whatever an
+        earlier run of the same instance held died with it, so a restart after ``kill -9``
+        resumes at once instead of waiting for the leases to expire.
+        """
+
+    @abc.abstractmethod
     async def job_counts(self, workspace_id: str | None = None) -> JobCounts: ...
 
     @abc.abstractmethod

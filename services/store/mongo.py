@@ -10,6 +10,7 @@ exactly one wins. Numbered migrations (index creation, mostly) are recorded in t
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -385,6 +386,20 @@ class MongoStore(Store):
             },
         )
         return result.modified_count > 0
+
+    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> None:
+        if seqs:
+            await self.db.jobs.update_many(
+                {"_id": {"$in": seqs}, "status": "pending", "lease_owner": owner},
+                {"$set": {"lease_until": lease_until}},
+            )
+
+    async def release_leases(self, owner_prefix: str) -> int:
+        result = await self.db.jobs.update_many(
+            {"status": "pending", "lease_owner": {"$regex": "^" + re.escape(owner_prefix)}},
+            {"$set": {"lease_owner": None, "lease_until": 0.0}},
+        )
+        return result.modified_count
 
     async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
         match: dict[str, Any] = {} if workspace_id is None else {"workspace_id": workspace_id}

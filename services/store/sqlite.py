@@ -487,6 +487,22 @@ class SqliteStore(Store):
         )
         return changed > 0
 
+    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> None:
+        if not seqs:
+            return
+        marks = ",".join("?" * len(seqs))
+        await self._write(
+            f"UPDATE jobs SET lease_until = ? WHERE status = 'pending' AND lease_owner = ? AND seq IN ({marks})",
+            (lease_until, owner, *seqs),
+        )
+
+    async def release_leases(self, owner_prefix: str) -> int:
+        return await self._write(
+            """UPDATE jobs SET lease_owner = NULL, lease_until = 0
+               WHERE status = 'pending' AND substr(lease_owner, 1, ?) = ?""",
+            (len(owner_prefix), owner_prefix),
+        )
+
     async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
         where, params = ("WHERE workspace_id = ?", (workspace_id,)) if workspace_id is not None else ("", ())
         counts = JobCounts()

@@ -1,0 +1,83 @@
+"""The bridge as operators run it (``python app.py``): stopped, crashed, restarted.
+
+Nothing a user wrote may be lost or doubled, whenever the process dies.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import WS, BridgeProcess, bridge_env, free_port, wait_for
+
+
+@pytest.fixture
+def process(sandbox, tmp_path):
+    port = free_port()
+    proc = BridgeProcess(bridge_env(sandbox.ms, tmp_path / "data", port), tmp_path / "bridge.log")
+    sandbox.set_bridge(proc.url)
+    yield proc
+    if proc.proc is not None:
+        proc.terminate()
+
+
+def _count_posts(h, conversations) -> int:
+    total = 0
+    for conv in conversations:
+        channel = h.conversation_channel(conv["number"])
+        if channel:
+            total += len(h.ms.posts(channel["id"]))
+    return total
+
+
+async def test_sigterm_drains_and_exits_zero(sandbox, process):
+    await process.start(sandbox.http)
+    await sandbox.connect()
+    assert process.terminate() == 0
+
+
+async def test_kill_9_at_any_point_loses_and_doubles_nothing(sandbox, process):
+    h = sandbox
+    await process.start(h.http)
+    await h.connect()
+    conversations = [
+        h.neeto.start_conversation(WS, visitor_name=f"V{i}", visitor_email=f"v{i}@example.com", message=f"c{i} m0")
+        for i in range(8)
+    ]
+    for n in range(1, 8):
+        for i, conv in enumerate(conversations):
+            h.neeto.visitor_writes(WS, conv["id"], f"c{i} m{n}")
+    expected_posts = 8 * 8  # per conversation: the intro card (with m0) and m1..m7
+    # Teams answers slowly, so the process dies with posts in flight.
+    h.ms.delay_next(0.05, count=40, path_contains="/v3/conversations", method="POST")
+    for kill_after in (5, 20, 40):
+        await wait_for(lambda n=kill_after: _count_posts(h, conversations) >= n, 60, f"{kill_after} posts")
+        process.kill9()
+        await process.start(h.http)
+    await wait_for(lambda: _count_posts(h, conversations) >= expected_posts, 90, "every post after restarts")
+    await h.neeto.drain_webhooks()
+    for i, conv in enumerate(conversations):
+        channel = h.conversation_channel(conv["number"])
+        bodies = [p["text"].split("<br>")[1] for p in h.ms.posts(channel["id"]) if p["text"]]
+        assert bodies == [f"c{i} m{n}" for n in range(1, 8)], f"conversation {i}"
+    assert len([c for c in h.ms.channels(h.team_id) if c["id"] != h.team_id]) == 8
+    assert len([p for p in h.general_posts() if p["attachments"]]) == 8
+
+
+async def test_teams_messages_survive_a_crash_before_delivery(sandbox, process):
+    h = sandbox
+    await process.start(h.http)
+    await h.connect()
+    conv = h.neeto.start_conversation(WS, visitor_name="Rae", visitor_email="rae@example.com", message="hi")
+    channel = await h.wait_channel(conv["number"])
+    await wait_for(lambda: h.ms.posts(channel["id"]), what="the intro")
+    h.neeto.fail_next(WS, status=503, count=1000)  # neetoChat is down: nothing can be delivered
+    sent = []
+    for n in range(5):
+        result = await h.ms.user_posts(h.team_id, channel["id"], h.ada, f"reply {n}")
+        assert result["status"] in (200, 201)  # acknowledged once stored
+        sent.append(result)
+    process.kill9()
+    h.neeto.clear_faults(WS)
+    await process.start(h.http)
+    await wait_for(lambda: len(h.from_teams(conv["id"])) == 5, 60, "the five replies in neetoChat")
+    assert [m["body"] for m in h.from_teams(conv["id"])] == [f"reply {n}" for n in range(5)]
