@@ -12,6 +12,7 @@ Data path: ``/api/neetochat/{ws}/webhooks`` → ``services/webhooks.py`` → sto
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from services.context import BridgeContext
 from services.crypto import SecretBox, load_or_create_key
 from services.graph import GraphChannels, build_graph_client
 from services.jobs import JobRunner
-from services.store import open_store
+from services.store import Store, open_store
 from services.teams import TeamsPoster
 from services.webhooks import WebhookReceiver
 
@@ -69,11 +70,12 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
 ENV = web.AppKey("env", dict)
+STORE = web.AppKey("store", Store)
 
 
 async def _bridge(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = open_store(settings.mongodb_uri, settings.mongodb_db, settings.data_dir)
+    store = app.get(STORE) or open_store(settings.mongodb_uri, settings.mongodb_db, settings.data_dir)
     await store.open()
     box = SecretBox(load_or_create_key(settings.secret_key, settings.data_dir))
     http = aiohttp.ClientSession()
@@ -134,14 +136,18 @@ def _admin(name: str):
     return handler
 
 
-def create_app(settings: Settings | None = None, env: dict[str, str] | None = None) -> web.Application:
-    import os
-
+def create_app(
+    settings: Settings | None = None, env: dict[str, str] | None = None, store: Store | None = None
+) -> web.Application:
+    """The bridge as an aiohttp app. ``store`` overrides the one the settings name (an
+    embedding application, or a test running the same flows on another backend)."""
     env = dict(os.environ) if env is None else env
     settings = settings or Settings.from_env(env)
     app = web.Application()
     app[SETTINGS] = settings
     app[ENV] = env
+    if store is not None:
+        app[STORE] = store
     app.cleanup_ctx.append(_bridge)
     admin = "/api/admin/workspaces/{workspace}"
     app.add_routes(

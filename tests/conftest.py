@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import aiohttp
 import pytest
+from mongomock_motor import AsyncMongoMockClient
+from motor.motor_asyncio import AsyncIOMotorClient
 
 from app import create_app
 from sandbox.microsoft import MicrosoftSandbox
 from sandbox.neetochat import NeetoChatSandbox
+from services.store.mongo import MongoStore
 from tests.harness import Harness, bridge_env
 
 
@@ -23,14 +29,23 @@ async def sandbox(aiohttp_server, tmp_path):
         yield Harness(neeto, str(neeto_server.make_url("")), ms, http)
 
 
-@pytest.fixture
-async def bridge(sandbox, aiohttp_server, tmp_path):
-    """The bridge in-process against the sandbox; returns the harness, not yet connected."""
+@pytest.fixture(params=["sqlite", "mongo"])
+async def bridge(request, sandbox, aiohttp_server, tmp_path):
+    """The bridge in-process against the sandbox, on the embedded store and on MongoDB
+    (mongomock-motor; a real server when MONGODB_URI is set); not yet connected."""
     env = bridge_env(sandbox.ms, tmp_path / "data")
-    server = await aiohttp_server(create_app(env=env))
+    store = None
+    if request.param == "mongo":
+        uri = os.environ.get("MONGODB_URI")
+        client = AsyncIOMotorClient(uri) if uri else AsyncMongoMockClient()
+        db_name = f"bridge_test_{uuid.uuid4().hex[:8]}"
+        store = MongoStore(client, db_name)
+    server = await aiohttp_server(create_app(env=env, store=store))
     sandbox.set_bridge(str(server.make_url("")))
     sandbox.app = server.app
-    return sandbox
+    yield sandbox
+    if request.param == "mongo" and os.environ.get("MONGODB_URI"):
+        await client.drop_database(db_name)
 
 
 @pytest.fixture

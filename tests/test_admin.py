@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app import RUNTIME
 from tests.harness import API_KEY, WEBHOOK_SECRET, WS
 
 
@@ -55,8 +56,10 @@ async def test_secrets_are_never_returned_and_are_encrypted_at_rest(bridge, tmp_
         text = str(answer)
         assert API_KEY not in text and WEBHOOK_SECRET not in text
     assert again["name"] == "Acme Support" and again["teams"]["linked"] is False
-    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("bridge.sqlite3*"))
-    assert stored and API_KEY.encode() not in stored and WEBHOOK_SECRET.encode() not in stored
+    record = await bridge.app[RUNTIME].ctx.store.get_workspace(WS)
+    assert API_KEY not in str(record) and WEBHOOK_SECRET not in str(record)
+    for path in (tmp_path / "data").glob("bridge.sqlite3*"):  # the embedded store's files
+        assert API_KEY.encode() not in path.read_bytes()
 
 
 async def test_linking_needs_an_authorizing_user_who_is_an_agent(bridge):

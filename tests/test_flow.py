@@ -6,6 +6,7 @@ import json
 import re
 
 from app import RUNTIME
+from services.graph import GraphChannels, build_graph_client
 from tests.harness import WS, wait_for
 
 
@@ -259,3 +260,49 @@ async def test_removing_the_bot_stops_syncing_and_says_why(connected):
     body = await wait_for(failed, what="a failed delivery in the status")
     assert body["teams"]["bot_installed"] is False
     assert h.conversation_channel(conv["number"]) is None
+
+
+async def test_a_taken_channel_name_gets_the_next_free_one(connected):
+    h = connected
+    number = 1042  # a new workspace's first conversation
+    graph = GraphChannels(build_graph_client(h.ms.graph_url))
+    group = h.team["aadGroupId"]
+    await graph.create(group, f"{number} Ned", "a channel someone made by hand")
+    deleted = await graph.create(group, f"{number} Ned 2", "deleted, so its name stays taken for 30 days")
+    await graph.delete(group, deleted.id)
+    conv = h.neeto.start_conversation(WS, visitor_name="Ned", visitor_email="ned@example.com", message="hi")
+    assert conv["number"] == number
+    channel = await wait_for(lambda: h.ms.channel_by_name(h.team_id, f"{number} Ned 3"), what="the third name")
+    await wait_for(lambda: h.ms.posts(channel["id"]), what="the intro in the new channel")
+    assert h.ms.posts(h.ms.channel_by_name(h.team_id, f"{number} Ned")["id"]) == []
+
+
+async def test_neetochat_attachments_show_as_links_with_name_type_and_size(connected):
+    h = connected
+    conv = h.neeto.start_conversation(WS, visitor_name="Ola", visitor_email="ola@example.com", message="hi")
+    channel = await h.wait_channel(conv["number"])
+    h.neeto.visitor_writes(
+        WS,
+        conv["id"],
+        "here is the invoice",
+        attachments=[{"filename": "invoice 7.pdf", "content_type": "application/pdf", "content": b"%PDF" * 700}],
+    )
+    post = await wait_for(lambda: h.ms.posts(channel["id"])[1:], what="the message with the file")
+    text = post[0]["text"]
+    url = h.neeto.messages(WS, conv["id"])[-1]["attachments"][0]["url"]
+    assert f'<a href="{url}">invoice 7.pdf</a> (application/pdf, 2.7 KB)' in text
+    assert "here is the invoice" in text
+
+
+async def test_a_full_team_is_reported_not_retried_forever(connected):
+    h = connected
+    h.ms.set_channel_cap(h.team_id, 1)  # only General fits
+    h.neeto.start_conversation(WS, visitor_name="Pia", visitor_email="pia@example.com", message="hello?")
+
+    async def dead():
+        _, body = await h.admin("GET", f"/api/admin/workspaces/{WS}")
+        return body["deliveries"]["failed"] == 1
+
+    await wait_for(dead, what="the failed channel creation in the status")
+    jobs = await h.app[RUNTIME].ctx.store.list_dead_jobs(WS)
+    assert "Max allowed channels" in jobs[0].last_error

@@ -5,9 +5,13 @@ Nothing a user wrote may be lost or doubled, whenever the process dies.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.harness import WS, BridgeProcess, bridge_env, free_port, wait_for
+from tests.harness import ROOT, WS, BridgeProcess, bridge_env, free_port, wait_for
 
 
 @pytest.fixture
@@ -81,3 +85,14 @@ async def test_teams_messages_survive_a_crash_before_delivery(sandbox, process):
     await process.start(h.http)
     await wait_for(lambda: len(h.from_teams(conv["id"])) == 5, 60, "the five replies in neetoChat")
     assert [m["body"] for m in h.from_teams(conv["id"])] == [f"reply {n}" for n in range(5)]
+
+
+def test_local_mode_refuses_to_start_against_microsoft_with_a_one_line_reason(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("Microsoft", "GRAPH_", "TEAMS_"))}
+    env.update({"DATA_DIR": str(tmp_path), "PORT": str(free_port())})
+    result = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "GRAPH_BASE_URL" in lines[0] and "local mode" in lines[0]
