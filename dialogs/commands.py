@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 _COMMAND = re.compile(r"^/(?P<name>[a-z]+)(?:\s+(?P<args>.*))?$", re.IGNORECASE | re.DOTALL)
 
-KNOWN = {"close": "Close the conversation in neetoChat and delete this channel"}
+# name → description; the manifest's commandLists are built from this (manifest/build.py).
+KNOWN = {"close": "Close this conversation in neetoChat and delete its channel"}
 
 
 @dataclass(frozen=True)
