@@ -24,10 +24,11 @@ import aiohttp
 from sandbox.microsoft import MicrosoftSandbox
 from sandbox.neetochat import NeetoChatSandbox
 from sandbox.signing import sign
+from sandbox.world import WORKSPACE, admin_request, build_world
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"
-WS = "acme"
+WS = WORKSPACE
 API_KEY = "nc-api-key-acme-secret"
 WEBHOOK_SECRET = "whsec-acme-secret"
 
@@ -68,22 +69,23 @@ def bridge_env(ms: MicrosoftSandbox, data_dir: Path, port: int | None = None) ->
 
 
 class Harness:
-    """One neetoChat workspace ("acme"), one team with a General channel, two Teams users:
-    Ada (also a neetoChat agent) and Olly (not an agent), and the authorizing admin Adam."""
+    """The shared demo world (sandbox/world.py): one neetoChat workspace ("acme"), one team
+    with a General channel, two Teams users: Ada (also a neetoChat agent) and Olly (not an
+    agent), and the authorizing admin Adam."""
 
     def __init__(self, neeto: NeetoChatSandbox, neeto_url: str, ms: MicrosoftSandbox, http: aiohttp.ClientSession):
+        self.world = build_world(neeto, ms, neeto_url=neeto_url, api_key=API_KEY, webhook_secret=WEBHOOK_SECRET)
         self.neeto = neeto
-        self.neeto_url = neeto_url.rstrip("/")
+        self.neeto_url = self.world.neeto_url
         self.ms = ms
         self.http = http
         self.bridge_url = ""
-        neeto.add_workspace(WS, api_key=API_KEY, webhook_secret=WEBHOOK_SECRET, name="Acme Support")
-        self.admin_agent = neeto.add_agent(WS, name="Adam Admin", email="adam@acme.test", role="admin")
-        self.ada_agent = neeto.add_agent(WS, name="Ada Agent", email="ada@acme.test")
-        self.adam = ms.add_user(name="Adam Admin", email="adam@acme.test")
-        self.ada = ms.add_user(name="Ada Agent", email="ADA@acme.test")  # case differs on purpose
-        self.olly = ms.add_user(name="Olly Outsider", email="olly@partner.test")
-        self.team = ms.add_team(name="Support", members=[self.adam, self.ada, self.olly])
+        self.admin_agent = self.world.admin_agent
+        self.ada_agent = self.world.ada_agent
+        self.adam = self.world.adam
+        self.ada = self.world.ada
+        self.olly = self.world.olly
+        self.team = self.world.team
 
     @property
     def team_id(self) -> str:
@@ -95,39 +97,20 @@ class Harness:
 
     @property
     def webhook_url(self) -> str:
-        return f"{self.bridge_url}/api/neetochat/{WS}/webhooks"
+        return self.world.webhook_url(self.bridge_url)
 
     async def admin(self, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.request(method, f"{self.bridge_url}{path}", json=body, headers=headers) as resp:
-            text = await resp.text()
-            return resp.status, (json.loads(text) if text else None)
+        return await admin_request(self.http, self.bridge_url, token, method, path, body)
 
     async def connect(self, *, update_type: str = "new_conversations", notification_channel_id: str | None = None):
         """What an admin does: connect the workspace, install the app, link the team."""
-        status, body = await self.admin(
-            "PUT",
-            f"/api/admin/workspaces/{WS}",
-            {"base_url": f"{self.neeto_url}/{WS}", "api_key": API_KEY, "webhook_secret": WEBHOOK_SECRET},
+        await self.world.connect(
+            self.http,
+            self.bridge_url,
+            ADMIN_TOKEN,
+            update_type=update_type,
+            notification_channel_id=notification_channel_id,
         )
-        assert status in (200, 201), body
-        statuses = await self.ms.install_bot(self.team_id, by_user=self.adam)
-        assert all(200 <= s < 300 for s in statuses), statuses
-        link = {
-            "tenant_id": self.ms.tenant_id,
-            "team_id": self.team_id,
-            "update_type": update_type,
-            "authorizing_user": {
-                "aad_object_id": self.adam["aadObjectId"],
-                "email": "adam@acme.test",
-                "name": "Adam Admin",
-            },
-        }
-        if notification_channel_id:
-            link["notification_channel_id"] = notification_channel_id
-        status, body = await self.admin("PUT", f"/api/admin/workspaces/{WS}/teams", link)
-        assert status == 200, body
-        self.neeto.set_webhook_url(WS, self.webhook_url)
         await wait_for(lambda: self.general_posts(), what="the link confirmation in General")
 
     # Teams side --------------------------------------------------------------------------
