@@ -28,6 +28,7 @@ from services.context import BridgeContext
 from services.crypto import SecretBox, load_or_create_key
 from services.graph import GraphChannels, build_graph_client
 from services.jobs import JobRunner
+from services.metrics import Metrics
 from services.store import Store, open_store
 from services.teams import TeamsPoster
 from services.webhooks import WebhookReceiver
@@ -65,6 +66,7 @@ class Runtime:
     bot: TeamsBot
     receiver: WebhookReceiver
     admin: AdminApi
+    metrics: Metrics
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -88,14 +90,16 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         poster=TeamsPoster(adapter, settings.app_id),
         channels=GraphChannels(build_graph_client(settings.graph_base_url)),
     )
-    runner = JobRunner(ctx, instance=settings.instance)
+    metrics = Metrics()
+    runner = JobRunner(ctx, metrics, instance=settings.instance)
     app[RUNTIME] = Runtime(
         ctx=ctx,
         runner=runner,
         adapter=adapter,
         bot=TeamsBot(store, runner.wake),
-        receiver=WebhookReceiver(store, box, runner.wake),
+        receiver=WebhookReceiver(store, box, runner.wake, metrics),
         admin=AdminApi(ctx, runner.wake),
+        metrics=metrics,
     )
     await runner.start()
     log.info("bridge ready on port %s (%s mode)", settings.port, "local" if settings.local_mode else "authenticated")
@@ -129,6 +133,11 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return await rt.metrics.handler(request, rt.ctx.store)
+
+
 def _admin(name: str):
     async def handler(request: web.Request) -> web.Response:
         return await getattr(request.app[RUNTIME].admin, name)(request)
@@ -160,6 +169,7 @@ def create_app(
             web.put(admin + "/teams", _admin("put_teams")),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
+            web.get("/metrics", metrics_endpoint),
         ]
     )
     return app

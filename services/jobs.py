@@ -25,6 +25,7 @@ from collections.abc import Callable
 from services import to_neetochat, to_teams
 from services.context import BridgeContext, NotLinked
 from services.errors import RemoteError
+from services.metrics import Metrics
 from services.store.base import Job
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class JobRunner:
     def __init__(
         self,
         ctx: BridgeContext,
+        metrics: Metrics,
         *,
         instance: str = "bridge",
         concurrency: int = 16,
@@ -45,6 +47,7 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ctx = ctx
+        self.metrics = metrics
         # "<instance>/<boot>": leases of an earlier boot of this instance are freed at start.
         self.instance = instance
         self.owner = f"{instance}/{uuid.uuid4().hex[:12]}"
@@ -136,6 +139,7 @@ class JobRunner:
                 await self._dead(job, f"{type(exc).__name__}: {exc}")
         else:
             await self.ctx.store.finish_job(job.seq, self.owner, "done")
+            self.metrics.jobs.labels(kind=job.kind, outcome="done").inc()
 
     async def _dispatch(self, job: Job) -> None:
         ws = await self.ctx.store.get_workspace(job.workspace_id)
@@ -162,11 +166,13 @@ class JobRunner:
         delay = self.backoff(job.attempts, retry_after)
         log.warning("job %s retry in %.1fs: %s", job.seq, delay, error)
         await self.ctx.store.retry_job(job.seq, self.owner, self.clock() + delay, error)
+        self.metrics.jobs.labels(kind=job.kind, outcome="retried").inc()
         self._wake.set()
 
     async def _dead(self, job: Job, reason: str) -> None:
         log.error("job %s dead: %s", job.seq, reason, extra={"workspace": job.workspace_id})
         await self.ctx.store.finish_job(job.seq, self.owner, "dead", reason)
+        self.metrics.jobs.labels(kind=job.kind, outcome="dead").inc()
         if job.kind in ("teams_message", "teams_close"):
             what = "close the conversation" if job.kind == "teams_close" else "deliver this message to the visitor"
             try:

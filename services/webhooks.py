@@ -20,6 +20,7 @@ from aiohttp import web
 
 from services.crypto import SecretBox
 from services.inbox import store_event
+from services.metrics import Metrics
 from services.store.base import Store
 
 MAX_BODY = 1024 * 1024
@@ -71,11 +72,17 @@ def event_problem(event: Any, delivery_id: str, workspace_id: str) -> str | None
 
 class WebhookReceiver:
     def __init__(
-        self, store: Store, box: SecretBox, on_stored: Callable[[], None], clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        box: SecretBox,
+        on_stored: Callable[[], None],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.box = box
         self.on_stored = on_stored
+        self.metrics = metrics
         self.clock = clock
         self._secrets: dict[str, str] = {}  # ciphertext → secret: decrypt once, not per request
 
@@ -86,6 +93,19 @@ class WebhookReceiver:
         return secret
 
     async def handle(self, request: web.Request) -> web.Response:
+        checked = await self._check(request)
+        if isinstance(checked, web.Response):
+            self.metrics.webhooks.labels(outcome=f"rejected_{checked.status}").inc()
+            return checked
+        workspace_id, event = checked
+        stored = await store_event(self.store, workspace_id, event)
+        if stored:
+            self.on_stored()
+        self.metrics.webhooks.labels(outcome="stored" if stored else "duplicate").inc()
+        return web.json_response({"stored": stored}, status=200)
+
+    async def _check(self, request: web.Request) -> web.Response | tuple[str, dict[str, Any]]:
+        """The refusal to send, or the verified (workspace, event) to store."""
         if (request.content_length or 0) > MAX_BODY:
             return _error(413, "the body is larger than 1 MiB")
         body = await request.content.read(MAX_BODY + 1)
@@ -112,7 +132,4 @@ class WebhookReceiver:
         problem = event_problem(event, request.headers.get("X-Neeto-Delivery", ""), workspace_id)
         if problem:
             return _error(400, problem)
-        stored = await store_event(self.store, workspace_id, event)
-        if stored:
-            self.on_stored()
-        return web.json_response({"stored": stored}, status=200)
+        return workspace_id, event

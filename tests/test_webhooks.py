@@ -153,3 +153,18 @@ async def test_events_for_an_unlinked_workspace_are_kept_as_failed_with_the_reas
     await wait_for(failed, what="the event to be dead-lettered")
     dead = await registered.app[RUNTIME].ctx.store.list_dead_jobs(WS)
     assert "not linked" in dead[0].last_error
+
+
+async def test_metrics_count_webhooks_by_outcome_and_show_the_queue(registered):
+    h = registered
+    body, headers = h.signed_webhook(_event("evt_m"))
+    await _post(h, body, headers)
+    await _post(h, body, headers)
+    await _post(h, body, {**headers, "X-Neeto-Signature": "sha256=00"})
+    async with h.http.get(f"{h.bridge_url}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert 'bridge_webhooks_total{outcome="stored"} 1.0' in text
+    assert 'bridge_webhooks_total{outcome="duplicate"} 1.0' in text
+    assert 'bridge_webhooks_total{outcome="rejected_401"} 1.0' in text
+    assert "bridge_jobs_pending" in text and "whsec" not in text
