@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 from botbuilder.schema import Activity, ActivityTypes
@@ -120,7 +121,7 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     if name == "conversation.closed":
         await close_portal(ctx, dest, conversation["id"], data.get("actor"))
         return
-    portal = await ensure_portal(ctx, dest, conversation)
+    portal = await ensure_portal(ctx, dest, conversation["id"])
     if portal is None or portal.state != "open":
         return
     if name == "message.created":
@@ -131,29 +132,27 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     # (edits, deletes, reopen) come with later features and change nothing here.
 
 
-async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation: dict[str, Any]) -> Portal | None:
+async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: str) -> Portal | None:
     """The conversation's portal, created and backfilled if it does not exist yet.
 
     None when the conversation is closed and never had a channel: a late
     ``conversation.created`` must not resurrect a closed conversation.
     """
     ws_id = dest.workspace.id
-    conv_id = conversation["id"]
+    conv_id = conversation_id
     portal = await ctx.store.get_portal(ws_id, conv_id)
     if portal and portal.state == "open" and portal.backfilled:
         return portal
     if portal and portal.state == "closed":
         return portal
     client = ctx.neetochat(dest.workspace)
+    conversation = await client.get_conversation(conv_id)  # the event's copy may be stale
     if portal is None:
-        current = await client.get_conversation(conv_id)  # the event's copy may be stale
-        if current.get("status") == "closed":
-            await ctx.store.create_portal(Portal(ws_id, conv_id, current["number"], state="closed"))
+        if conversation.get("status") == "closed":
+            await ctx.store.create_portal(Portal(ws_id, conv_id, conversation["number"], state="closed"))
             return None
-        await ctx.store.create_portal(Portal(ws_id, conv_id, current["number"], team_id=dest.workspace.team_id))
-        portal = await ctx.store.get_portal(ws_id, conv_id)
-        conversation = current
-    assert portal is not None
+        portal = Portal(ws_id, conv_id, conversation["number"], team_id=dest.workspace.team_id)
+        await ctx.store.create_portal(portal)
     history = [m async for m in client.iter_messages(conv_id)]
     if portal.channel_id is None:
         portal = await _create_channel(ctx, dest, portal, conversation)
@@ -162,7 +161,9 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation: dic
     intro_id, reference = await post_once(
         ctx, dest, conv_id, f"intro:{conv_id}", portal.channel_id, card_activity(card)
     )
-    if first:  # the intro card shows the first message: don't post it twice
+    if first:
+        # The intro card shows the first message: link it to the card (the suffix keeps the
+        # activity id unique in the map) so the backfill below does not post it again.
         await ctx.store.add_message_link(MessageLink(ws_id, conv_id, first["id"], f"{intro_id}#first", "to_teams"))
     fields: dict[str, Any] = {"intro_activity_id": intro_id, "conversation_reference": reference}
     notice_id, _ = await post_once(
@@ -170,8 +171,6 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation: dic
     )
     fields["notice_activity_id"] = notice_id
     await ctx.store.update_portal(ws_id, conv_id, **fields)
-    portal = await ctx.store.get_portal(ws_id, conv_id)
-    assert portal is not None
     for message in history:
         await deliver_message(ctx, dest, portal, message, conversation)
     await ctx.store.update_portal(ws_id, conv_id, backfilled=True)
@@ -202,17 +201,9 @@ async def _create_channel(
             if exc.code != "NameAlreadyExists":
                 raise
             attempt += 1
-    await ctx.store.update_portal(
-        portal.workspace_id,
-        portal.conversation_id,
-        channel_id=channel.id,
-        channel_name=channel.name,
-        channel_url=channel.web_url,
-        state="open",
-    )
-    got = await ctx.store.get_portal(portal.workspace_id, portal.conversation_id)
-    assert got is not None
-    return got
+    opened = {"channel_id": channel.id, "channel_name": channel.name, "channel_url": channel.web_url, "state": "open"}
+    await ctx.store.update_portal(portal.workspace_id, portal.conversation_id, **opened)
+    return replace(portal, **opened)
 
 
 def _is_bridgeable(message: dict[str, Any]) -> bool:
