@@ -18,15 +18,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import requests
 from aiohttp import web
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+from botbuilder.schema import Activity
 
 from bots.teams_bot import TeamsBot
 from services.admin import AdminApi
+from services.bot_auth import CachedCredentialFactory
 from services.config import ConfigError, Settings
 from services.context import BridgeContext
 from services.crypto import SecretBox, load_or_create_key
-from services.graph import GraphChannels, build_graph_client
+from services.graph import GraphPool
 from services.jobs import JobRunner
 from services.metrics import Metrics
 from services.store import Store, open_store
@@ -56,6 +59,8 @@ class BotConfig:
         for name in BOT_AUTH_NAMES:
             if env.get(name):
                 setattr(self, name, env[name])
+        # botbuilder would take the string "false" as true
+        self.VALIDATE_AUTHORITY = env.get("VALIDATE_AUTHORITY", "true").strip().lower() not in ("false", "0", "no")
 
 
 @dataclass
@@ -81,14 +86,19 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     box = SecretBox(load_or_create_key(settings.secret_key, settings.data_dir))
     http = aiohttp.ClientSession()
-    adapter = CloudAdapter(ConfigurationBotFrameworkAuthentication(BotConfig(settings, app[ENV])))
+    bot_config = BotConfig(settings, app[ENV])
+    adapter = CloudAdapter(
+        ConfigurationBotFrameworkAuthentication(
+            bot_config, credentials_factory=CachedCredentialFactory(settings, bot_config.VALIDATE_AUTHORITY)
+        )
+    )
     ctx = BridgeContext(
         settings=settings,
         store=store,
         box=box,
         http=http,
         poster=TeamsPoster(adapter, settings.app_id),
-        channels=GraphChannels(build_graph_client(settings.graph_base_url)),
+        graph=GraphPool(settings),
     )
     metrics = Metrics()
     runner = JobRunner(ctx, metrics, instance=settings.instance)
@@ -107,14 +117,38 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await runner.stop()
+        await ctx.graph.close()
         await http.close()
         await store.close()
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
+    """Bot Framework activities. botbuilder validates the JWT (issuer, audience, signing
+    keys, serviceUrl claim); every way that can fail is a 401 here, though botbuilder
+    raises different exceptions for them, and nothing is processed."""
     rt = request.app[RUNTIME]
-    response = await rt.adapter.process(request, rt.bot)
-    return response or web.Response(status=201)
+    if "application/json" not in request.headers.get("Content-Type", ""):
+        return web.json_response({"error": "expected application/json"}, status=415)
+    try:
+        activity = Activity().deserialize(await request.json())
+    except ValueError:
+        return web.json_response({"error": "the body is not JSON"}, status=400)
+    if not activity.type:
+        return web.json_response({"error": "not an activity"}, status=400)
+    try:
+        auth = await rt.adapter.bot_framework_authentication.authenticate_request(
+            activity, request.headers.get("Authorization", "")
+        )
+    except requests.RequestException as exc:  # the signing keys could not be fetched: retry later
+        log.error("could not fetch Bot Framework signing keys: %s", exc)
+        return web.json_response({"error": "authentication unavailable"}, status=503)
+    except Exception as exc:
+        log.warning("activity refused: %s", type(exc).__name__)
+        return web.json_response({"error": "unauthorized"}, status=401)
+    invoke = await rt.adapter.process_activity(auth, activity, rt.bot.on_turn)
+    if invoke:
+        return web.json_response(invoke.body, status=invoke.status)
+    return web.Response(status=201)
 
 
 async def webhooks(request: web.Request) -> web.Response:

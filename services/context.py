@@ -12,7 +12,7 @@ import aiohttp
 
 from services.config import Settings
 from services.crypto import SecretBox
-from services.graph import GraphChannels
+from services.graph import GraphPool
 from services.neetochat import NeetoChatClient
 from services.store.base import Installation, Store, Workspace
 from services.teams import TeamsPoster
@@ -49,7 +49,7 @@ class BridgeContext:
     box: SecretBox
     http: aiohttp.ClientSession
     poster: TeamsPoster
-    channels: GraphChannels
+    graph: GraphPool
     _clients: dict[str, tuple[str, NeetoChatClient]] = field(default_factory=dict)
 
     def neetochat(self, ws: Workspace) -> NeetoChatClient:

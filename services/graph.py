@@ -14,11 +14,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import httpx
+from azure.identity.aio import ClientSecretCredential
 from kiota_abstractions.api_error import APIError
 from kiota_abstractions.authentication import AnonymousAuthenticationProvider, AuthenticationProvider
 from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
 from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.channel import Channel
@@ -28,6 +31,7 @@ from msgraph.generated.teams.item.channels.channels_request_builder import Chann
 from msgraph.generated.teams.item.channels.item.messages.messages_request_builder import MessagesRequestBuilder
 from msgraph_core import GraphClientFactory
 
+from services.config import Settings, is_microsoft_host
 from services.errors import RemoteError, parse_retry_after
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -159,3 +163,48 @@ class GraphChannels:
         except RemoteError as exc:
             if exc.status != 404:
                 raise
+
+
+class GraphPool:
+    """A Graph client per tenant: app-only tokens are issued by the team's own tenant.
+
+    Local mode has one anonymous client. Authenticated mode uses azure-identity's
+    ``ClientSecretCredential`` against ``LOGIN_AUTHORITY`` (which caches and refreshes the
+    token), with instance discovery off for authorities that are not Microsoft's.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: dict[str, GraphChannels] = {}
+        self._credentials: list[ClientSecretCredential] = []
+
+    def for_tenant(self, tenant_id: str | None) -> GraphChannels:
+        settings = self._settings
+        if settings.local_mode:
+            key = ""
+        elif settings.app_type.lower() == "singletenant" and settings.app_tenant_id:
+            key = settings.app_tenant_id
+        elif tenant_id:
+            key = tenant_id
+        else:
+            raise RemoteError("Graph", "the team's tenant is not known yet", status=409)
+        if key not in self._pool:
+            provider = None
+            if not settings.local_mode:
+                credential = ClientSecretCredential(
+                    key,
+                    settings.app_id,
+                    settings.app_password,
+                    authority=settings.login_authority,
+                    disable_instance_discovery=not is_microsoft_host(settings.login_authority),
+                )
+                self._credentials.append(credential)
+                provider = AzureIdentityAuthenticationProvider(
+                    credential, scopes=[GRAPH_SCOPE], allowed_hosts=[urlparse(settings.graph_base_url).hostname]
+                )
+            self._pool[key] = GraphChannels(build_graph_client(settings.graph_base_url, provider))
+        return self._pool[key]
+
+    async def close(self) -> None:
+        for credential in self._credentials:
+            await credential.close()

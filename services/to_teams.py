@@ -29,7 +29,7 @@ from cards.conversation import card_attachment, new_conversation_card
 from services.channel_names import channel_name
 from services.context import BridgeContext, Destination
 from services.errors import RemoteError
-from services.graph import BotPost
+from services.graph import BotPost, GraphChannels
 from services.store.base import MessageLink, Portal, Workspace
 from services.teams_text import html_to_text
 
@@ -80,6 +80,10 @@ async def post_once(
     return activity_id, ctx.poster.thread_reference(dest.service_url, dest.tenant_id, channel_id, activity_id)
 
 
+def _graph(ctx: BridgeContext, dest: Destination) -> GraphChannels:
+    return ctx.graph.for_tenant(dest.tenant_id)
+
+
 # Teams' clock and ours may differ; look back a little further than the intent.
 CLOCK_SKEW = 120.0
 
@@ -90,7 +94,7 @@ async def _earlier_post(
     """The id of a bot post identical to ``activity`` made since the intent and not yet
     linked to anything, or None."""
     group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
-    posts = await ctx.channels.bot_posts_since(
+    posts = await _graph(ctx, dest).bot_posts_since(
         group_id, channel_id, ctx.settings.app_id or None, link.created_at - CLOCK_SKEW
     )
     for post in posts:
@@ -187,7 +191,7 @@ async def _create_channel(
     visitor = conversation.get("visitor") or {}
     who = visitor.get("email") or visitor.get("name") or "a visitor"
     description = f"neetoChat conversation #{conversation['number']} with {who}"
-    channel = await ctx.channels.find_by_name(group_id, portal.channel_name) if portal.channel_name else None
+    channel = await _graph(ctx, dest).find_by_name(group_id, portal.channel_name) if portal.channel_name else None
     attempt = 0
     while channel is None:
         if attempt == MAX_NAME_ATTEMPTS:
@@ -196,7 +200,7 @@ async def _create_channel(
         # Recorded first: if we crash after Graph made the channel, the rerun finds it.
         await ctx.store.update_portal(portal.workspace_id, portal.conversation_id, channel_name=name)
         try:
-            channel = await ctx.channels.create(group_id, name, description[:1024])
+            channel = await _graph(ctx, dest).create(group_id, name, description[:1024])
         except RemoteError as exc:
             if exc.code != "NameAlreadyExists":
                 raise
@@ -263,7 +267,7 @@ async def close_portal(
         return
     if portal.channel_id:
         group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
-        await ctx.channels.delete(group_id, portal.channel_id)
+        await _graph(ctx, dest).delete(group_id, portal.channel_id)
     await ctx.store.update_portal(ws_id, conversation_id, state="closed")
     log.info("conversation channel deleted", extra={"workspace": ws_id, "conversation": conversation_id})
 
