@@ -13,7 +13,9 @@ that bite in production are enforced (channel name rules, the channel cap counti
 channels, names of deleted channels staying taken, message and card sizes, bot not in the
 team), and faults (throttling, 5xx, slow answers, dropped connections) can be injected.
 
-Local mode only: ``Authorization`` headers are recorded in ``requests`` but not checked.
+By default (local mode) ``Authorization`` headers are recorded in ``requests`` but not
+checked; ``require_tokens(identity)`` opts in to checking them against an
+``IdentitySandbox`` (``sandbox/identity.py``) and to signing activities sent to the bot.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from sandbox import teams_fixtures as fx
+from sandbox.identity import BOT_FRAMEWORK_RESOURCE, GRAPH_APP_ID, GRAPH_RESOURCE, IdentitySandbox, TokenError
 
 GRAPH_PREFIX = "/v1.0"
 CONNECTOR_PREFIX = "/connector"
@@ -155,6 +158,7 @@ class MicrosoftSandbox:
         self.throttled_count = 0
         self.sent_to_bot: list[dict[str, Any]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._identity: IdentitySandbox | None = None  # set by require_tokens
 
     # ----------------------------------------------------------------- setup
 
@@ -298,6 +302,8 @@ class MicrosoftSandbox:
             await asyncio.sleep(delay.seconds)
         fault = self._take_fault(request, ("status", "reset"))
         try:
+            if self._identity is not None:
+                self._check_token(request)
             if fault and fault.kind == "reset":
                 entry["fault"] = "reset"
                 if request.transport is not None:
@@ -337,6 +343,40 @@ class MicrosoftSandbox:
             }}
             headers = dict(exc.headers)
         return web.json_response(body, status=exc.status, headers=headers)
+
+    # ------------------------------------------------------------ opt-in token enforcement
+
+    def require_tokens(self, identity: IdentitySandbox) -> None:
+        """Check ``Authorization: Bearer`` tokens like Graph and the connector do, against
+        tokens issued by ``identity``, and sign activities sent to the bot with its
+        ``channel_token``. Graph: aud Graph, tid the sandbox's tenant, else 401
+        ``InvalidAuthenticationToken``. Connector: aud ``https://api.botframework.com`` and
+        appid the bot's, else 401 ``Unauthorized``. Checked before injected faults."""
+        self._identity = identity
+
+    def _check_token(self, request: web.Request) -> None:
+        assert self._identity is not None
+        graph = request.path.startswith(GRAPH_PREFIX)
+        if not graph and not request.path.startswith(CONNECTOR_PREFIX):
+            return
+        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise TokenError("Access token is empty.")
+            if graph:
+                self._identity.verify_access_token(
+                    token.strip(), audiences=(GRAPH_RESOURCE, GRAPH_RESOURCE + "/", GRAPH_APP_ID),
+                    tenant=self.tenant_id)
+            else:
+                self._identity.verify_access_token(
+                    token.strip(), audiences=(BOT_FRAMEWORK_RESOURCE,), app_id=self.bot_app_id)
+        except TokenError as exc:
+            if graph:
+                raise SandboxError(401, "InvalidAuthenticationToken", str(exc), headers={
+                    "WWW-Authenticate": 'Bearer realm="", authorization_uri='
+                    '"https://login.microsoftonline.com/common/oauth2/authorize", '
+                    f'client_id="{GRAPH_APP_ID}"'}) from None
+            raise SandboxError(401, "Unauthorized", "Authorization has been denied for this request.") from None
 
     # ------------------------------------------------------------ shared helpers
 
@@ -710,7 +750,11 @@ class MicrosoftSandbox:
         """POST an activity to ``bot_endpoint``; the bot's status and (JSON or text) body."""
         if self._session is None:
             raise RuntimeError("the sandbox app is not running (its client session starts with the app)")
-        async with self._session.post(self.bot_endpoint, json=activity) as response:
+        headers = {}
+        if self._identity is not None:
+            token = self._identity.channel_token(self.bot_app_id, activity.get("serviceUrl") or self.service_url)
+            headers["Authorization"] = f"Bearer {token}"
+        async with self._session.post(self.bot_endpoint, json=activity, headers=headers) as response:
             text = await response.text()
             try:
                 body: Any = json.loads(text) if text else None

@@ -189,13 +189,16 @@ class BridgeProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
-    def terminate(self) -> int:
+    async def terminate(self) -> int:
+        """SIGTERM and wait for the drain, keeping the event loop (and so the sandbox the
+        bridge may still be talking to) running meanwhile."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                await asyncio.to_thread(self.proc.wait, 30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                raise AssertionError("the bridge did not stop within 30 s of SIGTERM") from None
         return self.proc.returncode

@@ -15,13 +15,13 @@ from tests.harness import ROOT, WS, BridgeProcess, bridge_env, free_port, wait_f
 
 
 @pytest.fixture
-def process(sandbox, tmp_path):
+async def process(sandbox, tmp_path):
     port = free_port()
     proc = BridgeProcess(bridge_env(sandbox.ms, tmp_path / "data", port), tmp_path / "bridge.log")
     sandbox.set_bridge(proc.url)
     yield proc
     if proc.proc is not None:
-        proc.terminate()
+        assert await proc.terminate() == 0  # every run ends with a clean drain
 
 
 def _count_posts(h, conversations) -> int:
@@ -36,7 +36,7 @@ def _count_posts(h, conversations) -> int:
 async def test_sigterm_drains_and_exits_zero(sandbox, process):
     await process.start(sandbox.http)
     await sandbox.connect()
-    assert process.terminate() == 0
+    assert await process.terminate() == 0
 
 
 async def test_kill_9_at_any_point_loses_and_doubles_nothing(sandbox, process):
