@@ -217,7 +217,8 @@ class IdentitySandbox:
 
         Bad kinds: ``audience=`` another app, ``expires_in`` negative (beyond the 300 s
         leeway), ``not_before`` in the future, ``sign_with=`` another key (the header keeps the
-        published kid), ``kid=`` one not published, ``issuer=`` another, ``service_url``
+        published kid), ``kid=`` one not published (a published kid signs with that key, e.g.
+        one from ``add_channel_key`` endorsed for another channel), ``issuer=`` another, ``service_url``
         unlike the activity's, ``alg="none"`` (unsigned). ``claims`` adds or overrides claims.
         """
         now = int(self._clock())
@@ -226,7 +227,7 @@ class IdentitySandbox:
             "exp": int(now + expires_in), "iss": issuer, "aud": audience or app_id, "iat": now,
         }
         body.update(claims or {})
-        signer = self._channel_keys[0]
+        signer = next((k for k in self._channel_keys if k.kid == kid), self._channel_keys[0])
         header_kid = kid or signer.kid
         headers = {"kid": header_kid, "x5t": header_kid, "typ": "JWT"}
         if alg.lower() == "none":
