@@ -22,6 +22,7 @@ import requests
 from aiohttp import web
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.schema import Activity
+from botframework.connector.auth import AuthenticationConstants
 
 from bots.teams_bot import TeamsBot
 from services.admin import AdminApi
@@ -56,9 +57,17 @@ class BotConfig:
         self.APP_PASSWORD = settings.app_password
         self.APP_TYPE = settings.app_type
         self.APP_TENANTID = settings.app_tenant_id
+        # botbuilder switches to a "parameterized" cloud as soon as one endpoint is set and
+        # then needs all of them: the unset ones keep the public cloud's values.
+        overridden = any(env.get(name) for name in BOT_AUTH_NAMES if name != "VALIDATE_AUTHORITY")
         for name in BOT_AUTH_NAMES:
             if env.get(name):
                 setattr(self, name, env[name])
+            elif overridden and hasattr(AuthenticationConstants, name):
+                setattr(self, name, getattr(AuthenticationConstants, name))
+        if overridden and not env.get("TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL"):
+            emulator = AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL
+            self.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL = emulator
         # botbuilder would take the string "false" as true
         self.VALIDATE_AUTHORITY = env.get("VALIDATE_AUTHORITY", "true").strip().lower() not in ("false", "0", "no")
 
@@ -143,7 +152,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         log.error("could not fetch Bot Framework signing keys: %s", exc)
         return web.json_response({"error": "authentication unavailable"}, status=503)
     except Exception as exc:
-        log.warning("activity refused: %s", type(exc).__name__)
+        log.warning("activity refused: %s: %s", type(exc).__name__, str(exc)[:200])
         return web.json_response({"error": "unauthorized"}, status=401)
     invoke = await rt.adapter.process_activity(auth, activity, rt.bot.on_turn)
     if invoke:
@@ -211,6 +220,8 @@ def create_app(
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("azure", "httpx", "msal"):  # per-request lines with headers: not for info level
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -1,0 +1,130 @@
+"""Authenticated mode: the bridge as it runs against real Microsoft 365, with tokens both ways.
+
+The sandbox's identity platform (over TLS with a test CA) signs the activities Teams sends
+and issues the bridge's connector and Graph tokens; the Microsoft sandbox refuses calls
+without valid ones. The bridge runs as ``python app.py`` with the Bot Framework
+environment names an Azure deployment would set.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sandbox.identity import IdentitySandbox, IdentityServer
+from sandbox.tls import make_test_tls
+from tests.harness import WS, BridgeProcess, bridge_env, free_port, wait_for
+
+APP_SECRET = "bot-client-secret-" + secrets.token_hex(8)
+
+
+@pytest.fixture
+async def authenticated(sandbox, tmp_path):
+    h = sandbox
+    tls = make_test_tls(tmp_path / "tls")
+    identity = IdentitySandbox()
+    identity.register_app(h.ms.bot_app_id, APP_SECRET, h.ms.tenant_id)
+    with IdentityServer(identity, tls) as server:
+        h.ms.require_tokens(identity)
+        port = free_port()
+        env = bridge_env(h.ms, tmp_path / "data", port)
+        env.update(tls.env())
+        env.update({
+            "MicrosoftAppId": h.ms.bot_app_id,
+            "MicrosoftAppPassword": APP_SECRET,
+            "MicrosoftAppType": "MultiTenant",
+            "SECRET_KEY": secrets.token_urlsafe(32),
+            "LOGIN_AUTHORITY": server.url,
+            "TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL": identity.channel_metadata_url,
+            "TO_CHANNEL_FROM_BOT_LOGIN_URL": identity.bot_framework_login_url,
+            "VALIDATE_AUTHORITY": "false",
+        })
+        proc = BridgeProcess(env, tmp_path / "bridge.log")
+        h.set_bridge(proc.url)
+        await proc.start(h.http)
+        h.identity = identity
+        h.log_path = tmp_path / "bridge.log"
+        yield h
+        assert await proc.terminate() == 0
+        log = h.log_path.read_text()
+        secrets_seen = [APP_SECRET, "nc-api-key-acme-secret", "whsec-acme-secret", env["SECRET_KEY"]]
+        secrets_seen += [entry["token"] for entry in identity.issued]
+        assert not [s for s in secrets_seen if s in log], "a secret or token was written to the log"
+
+
+async def test_the_whole_path_works_with_tokens_both_ways(authenticated):
+    h = authenticated
+    await h.connect()  # installation activities are signed; the confirmation post needs a token
+    conv = h.neeto.start_conversation(WS, visitor_name="Tia", visitor_email="tia@example.com", message="hello")
+    channel = await h.wait_channel(conv["number"])  # Graph, app-only token for the team's tenant
+    await wait_for(lambda: h.ms.posts(channel["id"]), what="the intro card")
+    await h.ms.user_posts(h.team_id, channel["id"], h.ada, "Hi Tia!")
+    message = (await wait_for(lambda: h.from_teams(conv["id"]), what="the reply in neetoChat"))[0]
+    assert message["sender"]["id"] == h.ada_agent["id"]
+    issued = {entry["kind"] for entry in h.identity.issued}
+    assert "channel" in issued and len(h.identity.issued) >= 3
+    # tokens are reused until they expire, not fetched per call
+    token_requests = [r for r in h.identity.requests if r["path"].endswith("/oauth2/v2.0/token")]
+    assert len(token_requests) <= 4
+
+
+def _activity(h, service_url: str) -> dict:
+    return {
+        "type": "message",
+        "id": uuid.uuid4().hex,
+        "channelId": "msteams",
+        "serviceUrl": service_url,
+        "from": {"id": h.ada["id"], "name": "Ada"},
+        "recipient": {"id": h.ms.bot_id, "name": "neetoChat"},
+        "conversation": {"id": f"{h.team_id};messageid=1", "conversationType": "channel", "isGroup": True},
+        "channelData": {"team": {"id": h.team_id}, "channel": {"id": h.team_id}, "tenant": {"id": h.ms.tenant_id}},
+        "text": "hi",
+    }
+
+
+BAD_TOKENS = {
+    "no token": lambda idp, app, url: None,
+    "wrong audience": lambda idp, app, url: idp.channel_token(app, url, audience=str(uuid.uuid4())),
+    "expired": lambda idp, app, url: idp.channel_token(app, url, expires_in=-600),
+    "not yet valid": lambda idp, app, url: idp.channel_token(app, url, not_before=idp._clock() + 3600),
+    "bad signature": lambda idp, app, url: idp.channel_token(
+        app, url, sign_with=rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ),
+    "unknown key": lambda idp, app, url: idp.channel_token(app, url, kid="no-such-key"),
+    "unknown issuer": lambda idp, app, url: idp.channel_token(app, url, issuer="https://evil.example"),
+    "other service url": lambda idp, app, url: idp.channel_token(app, "https://elsewhere.example/"),
+    "alg none": lambda idp, app, url: idp.channel_token(app, url, alg="none"),
+}
+
+
+async def test_every_bad_token_gets_401_and_nothing_is_processed(authenticated):
+    h = authenticated
+    service_url = h.ms.service_url
+    for name, make in BAD_TOKENS.items():
+        token = make(h.identity, h.ms.bot_app_id, service_url)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        install = _activity(h, service_url)
+        install.update({"type": "installationUpdate", "action": "add"})
+        async with h.http.post(f"{h.bridge_url}/api/messages", json=install, headers=headers) as resp:
+            assert resp.status == 401, name
+    # none of those installations was recorded: linking still waits for a real install
+    status, _ = await h.admin(
+        "PUT",
+        f"/api/admin/workspaces/{WS}",
+        {"base_url": f"{h.neeto_url}/{WS}", "api_key": "nc-api-key-acme-secret", "webhook_secret": "whsec-acme-secret"},
+    )
+    link = {"team_id": h.team_id, "authorizing_user": {"email": "adam@acme.test"}}
+    status, body = await h.admin("PUT", f"/api/admin/workspaces/{WS}/teams", link)
+    assert status == 200 and body["teams"]["bot_installed"] is False
+    good = h.identity.channel_token(h.ms.bot_app_id, service_url)
+    install = _activity(h, service_url)
+    install.update({"type": "installationUpdate", "action": "add"})
+    async with h.http.post(
+        f"{h.bridge_url}/api/messages", json=install, headers={"Authorization": f"Bearer {good}"}
+    ) as resp:
+        assert resp.status in (200, 201)
+    _, body = await h.admin("GET", f"/api/admin/workspaces/{WS}")
+    assert body["teams"]["bot_installed"] is True
