@@ -115,7 +115,7 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         ctx=ctx,
         runner=runner,
         adapter=adapter,
-        bot=TeamsBot(store, runner.wake),
+        bot=TeamsBot(ctx, runner.wake),
         receiver=WebhookReceiver(store, box, runner.wake, metrics),
         admin=AdminApi(ctx, runner.wake),
         metrics=metrics,

@@ -15,12 +15,14 @@ from typing import Any
 
 from botbuilder.core import TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
-from botbuilder.schema import ChannelAccount
+from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, ChannelAccount
 from botbuilder.schema.teams import TeamInfo
 
 from dialogs.commands import parse_command
+from services.card_actions import handle_card_action
+from services.context import BridgeContext
 from services.inbox import store_teams_work
-from services.store.base import Installation, Store
+from services.store.base import Installation
 from services.teams_text import html_to_text
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,17 @@ def _channel_data(activity) -> dict[str, Any]:
 
 
 class TeamsBot(TeamsActivityHandler):
-    def __init__(self, store: Store, on_enqueued: Callable[[], None]) -> None:
-        self.store = store
+    def __init__(self, ctx: BridgeContext, on_enqueued: Callable[[], None]) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
         self.on_enqueued = on_enqueued
+
+    # card buttons ----------------------------------------------------------------------
+    async def on_adaptive_card_invoke(
+        self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
+    ) -> AdaptiveCardInvokeResponse:
+        action = invoke_value.action or {}
+        return await handle_card_action(self.ctx, turn_context, action.get("verb"), action.get("data") or {})
 
     # installation ----------------------------------------------------------------------
     async def on_installation_update_add(self, turn_context: TurnContext) -> None:

@@ -47,8 +47,11 @@ def new_conversation_card(
     conversation: dict[str, Any],
     first_message: str | None,
     channel_url: str | None,
+    *,
+    workspace_id: str | None = None,
 ) -> dict[str, Any]:
-    """The card for a newly started conversation."""
+    """The card for a newly started conversation (buttons to act on it when
+    ``workspace_id`` is given)."""
     visitor = conversation.get("visitor") or {}
     who = plain_text(visitor_label(visitor))
     contact = visitor.get("contact_url")
@@ -90,6 +93,10 @@ def new_conversation_card(
         actions.append({"type": "Action.OpenUrl", "title": "View conversation in Teams", "url": channel_url})
     if conversation.get("url"):
         actions.append({"type": "Action.OpenUrl", "title": "Open in neetoChat", "url": conversation["url"]})
+    if workspace_id:
+        data = {"conversation_id": conversation["id"], "workspace": workspace_id}
+        actions.append({"type": "Action.Execute", "title": "Assign to me", "verb": "assign_to_me", "data": data})
+        actions.append({"type": "Action.Execute", "title": "Close", "verb": "close", "data": data})
     card: dict[str, Any] = {
         "type": "AdaptiveCard",
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",

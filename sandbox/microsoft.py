@@ -114,6 +114,7 @@ class Post:
     updated: float | None = None
     deleted: float | None = None
     replies: list[str] = field(default_factory=list)
+    shown_to: dict[str, Any] = field(default_factory=dict)  # aadObjectId → card from an invoke answer
 
 
 @dataclass
@@ -430,7 +431,7 @@ class MicrosoftSandbox:
         return {
             "id": post.id, "from": dict(post.sender), "text": post.text,
             "attachments": post.attachments, "created": post.created, "updated": post.updated,
-            "deleted": post.deleted is not None, "reply_to": post.reply_to,
+            "deleted": post.deleted is not None, "reply_to": post.reply_to, "shown_to": dict(post.shown_to),
         }
 
     # ------------------------------------------------------------ Graph
@@ -795,6 +796,25 @@ class MicrosoftSandbox:
                 added=False, members=[bot], activity_id=uuid.uuid4().hex, **self._event_args(team, by_user))),
         ]
         return [s["status"] for s in sent]
+
+    async def press_button(
+        self, team_id: str, channel_id: str, post_id: str, user: dict[str, Any], *, verb: str,
+        data: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A person presses an ``Action.Execute`` button on a bot post. Like Teams, a card in
+        the bot's answer replaces the card for that person (``post["shown_to"]``)."""
+        team = self.team(team_id)
+        if user["aadObjectId"] not in team.members:
+            raise ValueError(f"{user['name']} is not a member of {team.name}")
+        post = self._posts[post_id]
+        activity = fx.card_action_activity(
+            channel_id=channel_id, card_post_id=post_id, verb=verb, data=data, **self._event_args(team, user)
+        )
+        result = await self._send_to_bot(activity)
+        body = result["body"] if isinstance(result["body"], dict) else {}
+        if body.get("type") == "application/vnd.microsoft.card.adaptive":
+            post.shown_to[user["aadObjectId"]] = body.get("value")
+        return result
 
     async def user_posts(
         self, team_id: str, channel_id: str, user: dict[str, Any], text_html: str, *,

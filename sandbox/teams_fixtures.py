@@ -153,3 +153,27 @@ def members_update_activity(
     )
     activity["membersAdded" if added else "membersRemoved"] = [{"id": m["id"]} for m in members]
     return activity
+
+
+def card_action_activity(
+    *, when: float, service_url: str, tenant_id: str, team: dict[str, Any], channel_id: str, card_post_id: str,
+    user: dict[str, Any], bot: dict[str, Any], verb: str, data: dict[str, Any],
+) -> dict[str, Any]:
+    """A person pressing an ``Action.Execute`` button on a card the bot posted: an
+    ``adaptiveCard/action`` invoke whose reply the client shows in place of the card."""
+    activity = _base_activity(
+        "invoke", activity_id=f"f:{uuid.uuid4().hex}", when=when, service_url=service_url,
+        sender=user_account(user), bot=bot,
+        conversation=_channel_conversation(f"{channel_id};messageid={card_post_id}", tenant_id),
+        channel_data={
+            "teamsTeamId": team["id"], "teamsChannelId": channel_id,
+            "team": {"id": team["id"]}, "channel": {"id": channel_id}, "tenant": {"id": tenant_id},
+            "source": {"name": "message"}, "legacy": {"replyToId": card_post_id},
+        },
+    )
+    activity.update(
+        name="adaptiveCard/action",
+        replyToId=card_post_id,
+        value={"action": {"type": "Action.Execute", "verb": verb, "data": data}, "trigger": "manual"},
+    )
+    return activity

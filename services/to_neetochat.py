@@ -87,9 +87,9 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
 async def close_from_teams(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
     """``/close``: close in neetoChat as the writer, then delete the channel."""
     agent = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
-    await ctx.neetochat(ws).close_conversation(payload["conversation_id"], agent["id"])
+    conversation = await ctx.neetochat(ws).close_conversation(payload["conversation_id"], agent["id"])
     dest = await ctx.destination(ws)
-    await close_portal(ctx, dest, payload["conversation_id"], agent)
+    await close_portal(ctx, dest, conversation, agent)
 
 
 async def tell_thread(ctx: BridgeContext, payload: dict[str, Any], text: str) -> None:

@@ -123,15 +123,18 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     conversation = data["conversation"]
     dest = await ctx.destination(ws)
     if name == "conversation.closed":
-        await close_portal(ctx, dest, conversation["id"], data.get("actor"))
+        await close_portal(ctx, dest, conversation, data.get("actor"))
         return
     portal = await ensure_portal(ctx, dest, conversation["id"])
     if portal is None or portal.state != "open":
         return
     if name == "message.created":
         await deliver_message(ctx, dest, portal, data["message"], conversation)
+        if not data["message"].get("internal"):
+            await refresh_cards(ctx, dest, portal, conversation)  # the last reply time moved
     elif name in ("conversation.assigned", "conversation.unassigned"):
         await post_assignment(ctx, dest, portal, event)
+        await refresh_cards(ctx, dest, portal, conversation)
     # conversation.created is fully handled by ensure_portal; the other events
     # (edits, deletes, reopen) come with later features and change nothing here.
 
@@ -161,7 +164,8 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
     if portal.channel_id is None:
         portal = await _create_channel(ctx, dest, portal, conversation)
     first = next((m for m in history if _is_bridgeable(m) and m["sender"].get("type") == "visitor"), None)
-    card = new_conversation_card(conversation, first["body"] if first else None, portal.channel_url)
+    portal.first_message = first["body"] if first else None
+    card = conversation_card(dest, portal, conversation)
     intro_id, reference = await post_once(
         ctx, dest, conv_id, f"intro:{conv_id}", portal.channel_id, card_activity(card)
     )
@@ -169,12 +173,17 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
         # The intro card shows the first message: link it to the card (the suffix keeps the
         # activity id unique in the map) so the backfill below does not post it again.
         await ctx.store.add_message_link(MessageLink(ws_id, conv_id, first["id"], f"{intro_id}#first", "to_teams"))
-    fields: dict[str, Any] = {"intro_activity_id": intro_id, "conversation_reference": reference}
+    fields: dict[str, Any] = {
+        "intro_activity_id": intro_id,
+        "conversation_reference": reference,
+        "first_message": portal.first_message,
+    }
     notice_id, _ = await post_once(
         ctx, dest, conv_id, f"notice:{conv_id}", dest.notification_channel_id, card_activity(card)
     )
     fields["notice_activity_id"] = notice_id
     await ctx.store.update_portal(ws_id, conv_id, **fields)
+    portal = replace(portal, **fields)
     for message in history:
         await deliver_message(ctx, dest, portal, message, conversation)
     await ctx.store.update_portal(ws_id, conv_id, backfilled=True)
@@ -254,10 +263,12 @@ async def post_assignment(ctx: BridgeContext, dest: Destination, portal: Portal,
 
 
 async def close_portal(
-    ctx: BridgeContext, dest: Destination, conversation_id: str, actor: dict[str, Any] | None
+    ctx: BridgeContext, dest: Destination, conversation: dict[str, Any], actor: dict[str, Any] | None
 ) -> None:
-    """Delete the conversation's channel (seed: closing in either place deletes it)."""
+    """Delete the conversation's channel (seed: closing in either place deletes it) and
+    turn the notification card into its closed state."""
     ws_id = dest.workspace.id
+    conversation_id = conversation["id"]
     portal = await ctx.store.get_portal(ws_id, conversation_id)
     if portal is None:
         # Closed before we ever saw it: a tombstone stops a late conversation.created.
@@ -269,7 +280,40 @@ async def close_portal(
         group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
         await _graph(ctx, dest).delete(group_id, portal.channel_id)
     await ctx.store.update_portal(ws_id, conversation_id, state="closed")
+    closed = replace(portal, state="closed")
+    await refresh_cards(ctx, dest, closed, {**conversation, "status": "closed"})
     log.info("conversation channel deleted", extra={"workspace": ws_id, "conversation": conversation_id})
+
+
+def conversation_card(dest: Destination, portal: Portal, conversation: dict[str, Any]) -> dict[str, Any]:
+    """The conversation's card as it should look now (buttons only while it is open)."""
+    is_open = portal.state != "closed" and conversation.get("status") != "closed"
+    return new_conversation_card(
+        conversation,
+        portal.first_message,
+        portal.channel_url if is_open else None,
+        workspace_id=dest.workspace.id if is_open else None,
+    )
+
+
+async def refresh_cards(ctx: BridgeContext, dest: Destination, portal: Portal, conversation: dict[str, Any]) -> None:
+    """Update the notification card (and the channel's opening card while the channel
+    exists) in place, for everyone, instead of posting new noise. A card that is gone
+    (deleted by a person) is left alone; throttling and outages are retried."""
+    card = card_activity(conversation_card(dest, portal, conversation))
+    targets = [(dest.notification_channel_id, portal.notice_activity_id)]
+    if portal.state != "closed":
+        targets.append((portal.channel_id, portal.intro_activity_id))
+    for channel_id, activity_id in targets:
+        if not (channel_id and activity_id):
+            continue
+        reference = ctx.poster.thread_reference(dest.service_url, dest.tenant_id, channel_id, activity_id)
+        try:
+            await ctx.poster.update(reference, activity_id, card)
+        except RemoteError as exc:
+            if exc.retryable:
+                raise
+            log.warning("card %s not updated: %s", activity_id, exc)
 
 
 async def confirm_link(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:

@@ -75,6 +75,7 @@ class Portal:
     conversation_reference: dict[str, Any] | None = None  # botbuilder ConversationReference
     notice_activity_id: str | None = None  # the card in the notification channel
     intro_activity_id: str | None = None  # the card that opens the conversation channel
+    first_message: str | None = None  # shown on the cards; kept so live updates need no lookup
     backfilled: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0

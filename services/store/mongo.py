@@ -75,9 +75,15 @@ async def _migration_1(db: Any) -> None:
     )
 
 
+async def _migration_2(db: Any) -> None:
+    """Portals gained ``first_message``; documents without it read as None."""
+    await db.portals.update_many({"first_message": {"$exists": False}}, {"$set": {"first_message": None}})
+
+
 # Numbered migrations, applied in order; never edit a released one, append.
 MIGRATIONS: list[tuple[int, Callable[[Any], Awaitable[None]]]] = [
     (1, _migration_1),
+    (2, _migration_2),
 ]
 
 _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}

@@ -128,6 +128,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX jobs_workspace ON jobs(workspace_id, status, finished_at)",
         ],
     ),
+    (2, ["ALTER TABLE portals ADD COLUMN first_message TEXT"]),
 ]
 
 _JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload"}

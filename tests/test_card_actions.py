@@ -1,0 +1,91 @@
+"""Cards people act on: the buttons, and the notification card kept up to date in place."""
+
+from __future__ import annotations
+
+import json
+
+from tests.harness import WS, wait_for
+
+
+def _card(post) -> dict:
+    content = post["attachments"][0]["content"]
+    return json.loads(content) if isinstance(content, str) else content
+
+
+def _text(card) -> str:
+    return json.dumps(card, ensure_ascii=False).replace("\\\\", "")
+
+
+async def _started(h, name: str):
+    conv = h.neeto.start_conversation(WS, visitor_name=name, visitor_email=f"{name.lower()}@example.com", message="hi")
+    channel = await h.wait_channel(conv["number"])
+    notice = await wait_for(lambda: [p for p in h.general_posts() if p["attachments"]], what="the notice card")
+    await wait_for(lambda: h.ms.posts(channel["id"]), what="the intro card")
+    return conv, channel, notice[0]
+
+
+def _button(card, title: str) -> dict:
+    return next(a for a in card["actions"] if a["title"] == title)
+
+
+async def test_assign_to_me_assigns_and_updates_the_card_for_everyone(connected):
+    h = connected
+    conv, channel, notice = await _started(h, "Quinn")
+    button = _button(_card(notice), "Assign to me")
+    result = await h.ms.press_button(
+        h.team_id, h.team_id, notice["id"], h.ada, verb=button["verb"], data=button["data"]
+    )
+    assert result["status"] == 200
+    assert result["body"]["type"] == "application/vnd.microsoft.card.adaptive"
+    assert "Ada Agent (Agent)" in _text(result["body"]["value"])
+    assert h.neeto.conversation(WS, conv["id"])["assignee"]["id"] == h.ada_agent["id"]
+    general = [p for p in h.general_posts() if p["attachments"]]
+    assert len(general) == 1 and general[0]["updated"]  # updated in place, not reposted
+    assert "Ada Agent (Agent)" in _text(_card(general[0]))
+    intro = h.ms.posts(channel["id"])[0]
+    assert "Ada Agent (Agent)" in _text(_card(intro))
+
+
+async def test_someone_who_is_not_an_agent_is_told_and_nothing_changes(connected):
+    h = connected
+    conv, _, notice = await _started(h, "Rita")
+    button = _button(_card(notice), "Assign to me")
+    result = await h.ms.press_button(
+        h.team_id, h.team_id, notice["id"], h.olly, verb=button["verb"], data=button["data"]
+    )
+    assert result["body"]["type"] == "application/vnd.microsoft.activity.message"
+    assert "Only neetoChat agents" in result["body"]["value"]
+    assert h.neeto.conversation(WS, conv["id"])["assignee"] is None
+
+
+async def test_close_button_closes_deletes_the_channel_and_leaves_a_closed_card(connected):
+    h = connected
+    conv, _, notice = await _started(h, "Sam")
+    button = _button(_card(notice), "Close")
+    result = await h.ms.press_button(
+        h.team_id, h.team_id, notice["id"], h.ada, verb=button["verb"], data=button["data"]
+    )
+    assert result["status"] == 200
+    assert h.neeto.conversation(WS, conv["id"])["status"] == "closed"
+    assert h.conversation_channel(conv["number"]) is None
+    closed = _card(next(p for p in h.general_posts() if p["attachments"]))
+    assert "Closed" in _text(closed)
+    assert not [a for a in closed.get("actions", []) if a["type"] == "Action.Execute"]
+    assert not [a for a in closed.get("actions", []) if a["title"] == "View conversation in Teams"]
+
+
+async def test_the_notification_card_follows_the_conversation_without_new_posts(connected):
+    h = connected
+    conv, _, notice = await _started(h, "Tom")
+    h.neeto.visitor_writes(WS, conv["id"], "anyone?")
+    h.neeto.assign(WS, conv["id"], agent_id=h.ada_agent["id"], actor_agent_id=h.admin_agent["id"])
+
+    def updated():
+        post = next(p for p in h.general_posts() if p["attachments"])
+        return "Ada Agent (Agent)" in _text(_card(post)) and post
+
+    post = await wait_for(updated, what="the card to show the new assignee")
+    card_text = _text(_card(post))
+    last_reply = h.neeto.conversation(WS, conv["id"])["last_reply_at"][:19]
+    assert last_reply in card_text  # the last reply time moved with the visitor's message
+    assert len([p for p in h.general_posts() if p["attachments"]]) == 1
