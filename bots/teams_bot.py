@@ -23,7 +23,7 @@ from services.card_actions import handle_card_action
 from services.context import BridgeContext
 from services.inbox import store_teams_work
 from services.store.base import Installation
-from services.teams_text import html_to_text
+from services.teams_content import read_activity
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,14 @@ class TeamsBot(TeamsActivityHandler):
         portal = await self.store.get_portal_by_channel(channel_id)
         if portal is None or portal.state != "open":
             return  # a channel that is not a conversation's (e.g. General)
-        text = html_to_text(TurnContext.remove_recipient_mention(activity) or "")
+        # The text/html attachment when Teams sent one (mentions, emoji, quotes, images);
+        # the files, images, GIFs and stickers travel in the job to be fetched after the ack.
+        text, attachments = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
         command = parse_command(text)
         sender = activity.from_property
         payload = {
             "text": text,
+            "attachments": attachments,
             "channel_id": channel_id,
             "user": {
                 "id": sender.id,

@@ -65,7 +65,29 @@ def message_html(message: dict[str, Any], conversation_url: str | None = None) -
             f'📎 <a href="{html.escape(att.get("url", ""))}">{html.escape(att.get("filename") or "attachment")}</a>'
             + (f" ({html.escape(details)})" if details else "")
         )
+        if _thumbnail_ok(att):
+            parts.append(
+                f'<img src="{html.escape(att["url"])}" alt="{html.escape(att.get("filename") or "image")}"'
+                f' style="max-width:{THUMBNAIL_WIDTH}px">'
+            )
     return "<br>".join(parts)
+
+
+# Image types every Teams client renders in an <img>; the URL must be a web URL that
+# Teams can fetch without credentials (neetoChat's attachment URLs are: "anyone with the
+# link can download it"), and the file small enough to show as a preview.
+THUMBNAIL_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"})
+THUMBNAIL_MAX_BYTES = 10 * 1024 * 1024
+THUMBNAIL_WIDTH = 320
+
+
+def _thumbnail_ok(att: dict[str, Any]) -> bool:
+    url = att.get("url") or ""
+    return (
+        (att.get("content_type") or "").lower() in THUMBNAIL_TYPES
+        and url.lower().startswith(("https://", "http://"))
+        and (att.get("size") or 0) <= THUMBNAIL_MAX_BYTES
+    )
 
 
 def _actor(actor: dict[str, Any] | None) -> str:

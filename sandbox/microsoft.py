@@ -21,23 +21,28 @@ checked; ``require_tokens(identity)`` opts in to checking them against an
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
+import mimetypes
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 import aiohttp
 from aiohttp import web
 
 from sandbox import teams_fixtures as fx
+from sandbox.graph_delegated import delegated_graph_routes
 from sandbox.identity import BOT_FRAMEWORK_RESOURCE, GRAPH_APP_ID, GRAPH_RESOURCE, IdentitySandbox, TokenError
 
 GRAPH_PREFIX = "/v1.0"
 CONNECTOR_PREFIX = "/connector"
+CONTROL_PREFIX = "/_sandbox"  # the Teams client over HTTP, for the sandbox page and scripts
 DEFAULT_TENANT_ID = "8d3e5c1a-4f27-4b9e-a6d0-2c71f0e9b5a4"
 DEFAULT_BOT_APP_ID = "3f9a6c2e-81d4-4e57-b0a3-6d2c8e1f7b90"
 DEFAULT_CHANNEL_CAP = 1000
@@ -118,6 +123,18 @@ class Post:
 
 
 @dataclass
+class _Blob:
+    """Bytes Microsoft 365 holds for a message: an inline image (AMS object), a file in a
+    team's SharePoint, or public media (Giphy, stickers)."""
+
+    name: str
+    content_type: str
+    content: bytes
+    reachable: bool = True  # False: every way of downloading it answers 404
+    forbidden: bool = False  # files: Graph answers 403 accessDenied (no permission)
+
+
+@dataclass
 class _Fault:
     kind: str  # "status", "delay" or "reset"
     remaining: int
@@ -160,6 +177,10 @@ class MicrosoftSandbox:
         self.sent_to_bot: list[dict[str, Any]] = []
         self._session: aiohttp.ClientSession | None = None
         self._identity: IdentitySandbox | None = None  # set by require_tokens
+        self._ams: dict[str, _Blob] = {}  # inline images by AMS object id
+        self._files: dict[str, _Blob] = {}  # channel files by SharePoint URL
+        self._media: dict[str, _Blob] = {}  # public media (Giphy, stickers) by id
+        self._download_tokens: dict[str, str] = {}  # pre-authenticated download token → SharePoint URL
 
     # ----------------------------------------------------------------- setup
 
@@ -231,6 +252,55 @@ class MicrosoftSandbox:
         return [dict(self._post_snapshot(root), replies=[self._post_snapshot(self._posts[r]) for r in root.replies])
                 for root in (self._posts[p] for p in channel.posts)]
 
+    # ------------------------------------------------------------ message content
+
+    def upload_inline_image(self, content: bytes, content_type: str = "image/png", *,
+                            attachment_content_type: str = "image/*") -> dict[str, Any]:
+        """A person pastes an image into the compose box: Teams stores it as an AMS object.
+
+        Returns ``id``, the ``attachment`` Teams sends the bot (connector ``contentUrl``, bot
+        token required), and the ``html`` the ``text/html`` attachment carries (its ``src`` is
+        the AMS URL, which bots must not use: the sandbox does not serve it)."""
+        object_id = fx.new_ams_object_id()
+        self._ams[object_id] = _Blob(name=f"image.{_extension(content_type)}", content_type=content_type,
+                                     content=content)
+        return {
+            "id": object_id,
+            "attachment": fx.inline_image_attachment(
+                fx.connector_attachment_url(self.service_url, object_id), attachment_content_type),
+            "html": fx.ams_image_html(self._ams_url(object_id)),
+        }
+
+    def make_unreachable(self, object_id: str) -> None:
+        """The image's bytes are gone: the connector and Graph's hostedContents answer 404."""
+        self._ams[object_id].reachable = False
+
+    def add_channel_file(self, team_id: str, channel_id: str, name: str, content: bytes,
+                         content_type: str | None = None, *, forbidden: bool = False) -> dict[str, Any]:
+        """A file uploaded into a channel's folder in the team's SharePoint. Returns its ``url``
+        and the ``reference`` ``attachment`` Teams sends the bot. ``forbidden``: the bot's app
+        may not read it (Graph answers 403)."""
+        team = self.team(team_id)
+        channel = team.channels[channel_id]
+        site = quote(team.name.replace(" ", ""))
+        url = (f"https://contoso.sharepoint.com/sites/{site}/Shared%20Documents/"
+               f"{quote(channel.name)}/{quote(name)}")
+        self._files[url] = _Blob(name=name, content_type=content_type or mimetypes.guess_type(name)[0]
+                                 or "application/octet-stream", content=content, forbidden=forbidden)
+        return {"url": url, "attachment": fx.file_reference_attachment(url, name)}
+
+    def forbid_file(self, url: str, forbidden: bool = True) -> None:
+        self._files[url].forbidden = forbidden
+
+    def add_public_media(self, name: str, content: bytes, content_type: str) -> str:
+        """Media anyone can load (Giphy's CDN, Teams' sticker CDN); returns its URL."""
+        media_id = uuid.uuid4().hex
+        self._media[media_id] = _Blob(name=name, content_type=content_type, content=content)
+        return f"{self.base_url}/_media/{media_id}/{quote(name)}"
+
+    def _ams_url(self, object_id: str) -> str:
+        return f"{self.base_url}/ams/v1/objects/{object_id}/views/imgo"
+
     # ------------------------------------------------------------ faults
 
     def fail_next(self, status: int = 429, count: int = 1, retry_after: int | None = 1,
@@ -270,6 +340,16 @@ class MicrosoftSandbox:
             web.get(g + "/{channel}/messages", self._graph_list_messages),
             web.get(g + "/{channel}/messages/{message}", self._graph_get_message),
             web.get(g + "/{channel}/messages/{message}/replies", self._graph_list_replies),
+            web.get(g + "/{channel}/messages/{message}/replies/{reply}", self._graph_get_reply),
+            web.get(g + "/{channel}/messages/{message}/hostedContents/{hosted}/$value", self._graph_hosted_content),
+            web.get(g + "/{channel}/messages/{message}/replies/{reply}/hostedContents/{hosted}/$value",
+                    self._graph_hosted_content),
+            web.get(GRAPH_PREFIX + "/shares/{share}/driveItem", self._graph_shared_item),
+            web.get(GRAPH_PREFIX + "/shares/{share}/driveItem/content", self._graph_shared_item_content),
+            web.get("/_download/{token}", self._preauthenticated_download),
+            web.get("/_media/{media}/{name}", self._public_media),
+            web.get(c + "/attachments/{attachment}", self._connector_attachment_info),
+            web.get(c + "/attachments/{attachment}/views/{view}", self._connector_attachment_view),
             web.post(c + "/conversations", self._create_conversation),
             web.post(c + "/conversations/{conversation}/activities", self._send_to_conversation),
             web.post(c + "/conversations/{conversation}/activities/{activity}", self._reply_to_activity),
@@ -280,7 +360,9 @@ class MicrosoftSandbox:
             web.get(c + "/conversations/{conversation}/members/{member}", self._get_member),
             web.get(c + "/teams/{team}", self._get_team_details),
             web.get(c + "/teams/{team}/conversations", self._get_team_channels),
+            *delegated_graph_routes(self),  # /v1.0/me, /v1.0/me/joinedTeams (sandbox/graph_delegated.py)
         ])
+        app.router.add_routes(self._control_routes())  # the Teams client over HTTP (end of file)
         return app
 
     async def _client_session(self, _app: web.Application) -> AsyncIterator[None]:
@@ -540,6 +622,10 @@ class MicrosoftSandbox:
         if post.mention_bot:
             content = f'<at id="0">{self.bot_name}</at> {content}'
         for attachment in post.attachments:
+            object_id = self._inline_object_id(attachment)
+            if object_id is not None:  # Graph shows inline images as hostedContents in the body
+                content = content.replace(self._ams_url(object_id), self._hosted_url(team, post, object_id))
+                continue
             att_id = attachment.get("id") or uuid.uuid4().hex
             raw = attachment.get("content")
             attachments.append({
@@ -597,6 +683,118 @@ class MicrosoftSandbox:
     async def _graph_list_replies(self, request: web.Request) -> web.Response:
         team, _, post = self._graph_post(request)
         return web.json_response({"value": [self._chat_message(team, self._posts[r]) for r in post.replies]})
+
+    def _graph_reply(self, request: web.Request) -> tuple[Team, Post]:
+        team, _, root = self._graph_post(request)
+        reply_id = request.match_info["reply"]
+        if reply_id not in root.replies:
+            raise SandboxError(404, "NotFound", "Message not found.")
+        return team, self._posts[reply_id]
+
+    async def _graph_get_reply(self, request: web.Request) -> web.Response:
+        return web.json_response(self._chat_message(*self._graph_reply(request)))
+
+    # inline images, files, media ------------------------------------------------------
+
+    def _inline_object_id(self, attachment: dict[str, Any]) -> str | None:
+        """The AMS object of an inline-image attachment the sandbox's Teams client sent."""
+        url = attachment.get("contentUrl") or ""
+        prefix = self.service_url + "v3/attachments/"
+        if not (attachment.get("contentType") or "").startswith("image/") or not url.startswith(prefix):
+            return None
+        object_id = url[len(prefix):].split("/")[0]
+        return object_id if object_id in self._ams else None
+
+    def _hosted_url(self, team: Team, post: Post, object_id: str) -> str:
+        hosted = base64.urlsafe_b64encode(f"id={object_id},type=1,url={self._ams_url(object_id)}".encode()).decode()
+        path = f"messages/{post.reply_to}/replies/{post.id}" if post.reply_to else f"messages/{post.id}"
+        channel = f"{self.graph_url}/teams/{team.aad_group_id}/channels/{post.channel_id}"
+        return f"{channel}/{path}/hostedContents/{hosted}/$value"
+
+    async def _graph_hosted_content(self, request: web.Request) -> web.Response:
+        if "reply" in request.match_info:
+            _, post = self._graph_reply(request)
+        else:
+            _, _, post = self._graph_post(request)
+        try:
+            decoded = base64.urlsafe_b64decode(request.match_info["hosted"]).decode()
+            object_id = dict(part.split("=", 1) for part in decoded.split(",") if "=" in part)["id"]
+        except (binascii.Error, UnicodeDecodeError, KeyError, ValueError):
+            raise SandboxError(404, "NotFound", "Hosted content not found.") from None
+        if not any(self._inline_object_id(a) == object_id for a in post.attachments):
+            raise SandboxError(404, "NotFound", "Hosted content not found.")
+        blob = self._ams[object_id]
+        if not blob.reachable:
+            raise SandboxError(404, "NotFound", "Hosted content not found.")
+        return web.Response(body=blob.content, content_type=blob.content_type)
+
+    def _shared_file(self, request: web.Request) -> tuple[str, _Blob]:
+        """The file a sharing id (``u!`` + unpadded base64url of its URL) names, as Graph's
+        ``/shares/{shareIdOrEncodedSharingUrl}`` resolves it."""
+        share = request.match_info["share"]
+        if not share.startswith("u!"):
+            raise SandboxError(400, "invalidRequest", "Only encoded sharing URLs (u!...) are supported.")
+        raw = share[2:]
+        try:
+            url = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise SandboxError(400, "invalidRequest", "Malformed sharing URL.") from None
+        blob = self._files.get(url)
+        if blob is None or not blob.reachable:
+            raise SandboxError(404, "itemNotFound", "The resource could not be found.")
+        if blob.forbidden:
+            raise SandboxError(403, "accessDenied", "Access denied")
+        return url, blob
+
+    def _drive_item(self, url: str, blob: _Blob) -> dict[str, Any]:
+        item_id = uuid.uuid5(uuid.NAMESPACE_URL, url).hex.upper()[:26]
+        return {
+            "@odata.context": f"{self.graph_url}/$metadata#driveItem",
+            "id": item_id, "name": blob.name, "size": len(blob.content), "webUrl": url,
+            "file": {"mimeType": blob.content_type},
+            "parentReference": {"driveType": "documentLibrary", "siteId": urlparse(url).hostname},
+        }
+
+    async def _graph_shared_item(self, request: web.Request) -> web.Response:
+        return web.json_response(self._drive_item(*self._shared_file(request)))
+
+    async def _graph_shared_item_content(self, request: web.Request) -> web.Response:
+        """302 to a short-lived pre-authenticated URL, as Graph answers for file content."""
+        url, _ = self._shared_file(request)
+        token = uuid.uuid4().hex
+        self._download_tokens[token] = url
+        return web.Response(status=302, headers={"Location": f"{self.base_url}/_download/{token}"})
+
+    async def _preauthenticated_download(self, request: web.Request) -> web.Response:
+        url = self._download_tokens.pop(request.match_info["token"], None)
+        blob = self._files.get(url) if url else None
+        if blob is None:
+            raise SandboxError(404, "itemNotFound", "The download link expired.")
+        return web.Response(body=blob.content, content_type=blob.content_type, headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(blob.name)}"})
+
+    async def _public_media(self, request: web.Request) -> web.Response:
+        blob = self._media.get(request.match_info["media"])
+        if blob is None or not blob.reachable:
+            raise SandboxError(404, message="Not found.")
+        return web.Response(body=blob.content, content_type=blob.content_type)
+
+    def _connector_blob(self, request: web.Request) -> _Blob:
+        blob = self._ams.get(request.match_info["attachment"])
+        if blob is None or not blob.reachable:
+            raise SandboxError(404, "NotFound", "Attachment not found.")
+        return blob
+
+    async def _connector_attachment_info(self, request: web.Request) -> web.Response:
+        blob = self._connector_blob(request)
+        return web.json_response({"name": blob.name, "type": blob.content_type,
+                                  "views": [{"viewId": "original", "size": len(blob.content)}]})
+
+    async def _connector_attachment_view(self, request: web.Request) -> web.Response:
+        blob = self._connector_blob(request)
+        if request.match_info["view"] not in ("original", "thumbnail"):
+            raise SandboxError(404, "NotFound", "No such view.")
+        return web.Response(body=blob.content, content_type=blob.content_type)
 
     # ------------------------------------------------------------ Bot Connector
 
@@ -820,6 +1018,7 @@ class MicrosoftSandbox:
         self, team_id: str, channel_id: str, user: dict[str, Any], text_html: str, *,
         reply_to: str | None = None, mention_bot: bool = False,
         attachments: list[dict[str, Any]] | None = None, deliver: bool = True,
+        entities: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """A person posts in a channel (a reply when ``reply_to`` names a post of it).
 
@@ -842,7 +1041,119 @@ class MicrosoftSandbox:
         post = self._record_post(channel, sender, text_html, list(attachments or []), root, mention_bot)
         activity = fx.channel_message_activity(
             activity_id=post.id, channel_id=channel_id, root_id=root or post.id, text_html=text_html,
-            mention_bot=mention_bot, attachments=attachments, **self._event_args(team, user))
+            mention_bot=mention_bot, attachments=attachments, entities=entities, **self._event_args(team, user))
         if deliver and team.bot_installed and (mention_bot or self.deliver_unmentioned):
             return await self._send_to_bot(activity)
         return {"activity": activity, "status": None, "body": None}
+
+    # ------------------------------------------------------------ Teams client over HTTP (control routes)
+    #
+    # JSON in and out, no auth, under /_sandbox: what the sandbox page (sandbox/page.py) and
+    # scripts use to look at the tenant and act as its people. ``user`` in a body is a
+    # member's AAD object id, Teams user id or email (any case). Team ids are the team's
+    # thread id or AAD group id; ids with ``:`` and ``@`` are percent-encoded in paths.
+
+    def _control_routes(self) -> list[web.RouteDef]:
+        team = CONTROL_PREFIX + "/teams/{team}"
+        post = team + "/channels/{channel}/posts/{post}"
+        return [
+            web.get(CONTROL_PREFIX + "/teams", self._http_teams),
+            web.get(team + "/channels", self._http_channels),
+            web.get(team + "/channels/{channel}/posts", self._http_posts),
+            web.post(team + "/channels/{channel}/posts", self._http_user_posts),
+            web.post(post + "/replies", self._http_user_replies),
+            web.post(post + "/press", self._http_press_button),
+        ]
+
+    def _http_user(self, body: dict[str, Any]) -> dict[str, Any]:
+        wanted = body.get("user")
+        if not isinstance(wanted, str) or not wanted:
+            raise SandboxError(400, "BadArgument", "user (AAD object id, Teams user id or email) is required.")
+        for user in self.users.values():
+            if wanted in (user["aadObjectId"], user["id"]) or wanted.lower() == user["email"].lower():
+                return user
+        raise SandboxError(404, "NotFound", f"No user {wanted}.")
+
+    def _http_team(self, request: web.Request) -> Team:
+        try:
+            return self.team(request.match_info["team"])
+        except KeyError:
+            raise SandboxError(404, "NotFound", "Team not found.") from None
+
+    def _http_channel(self, request: web.Request) -> tuple[Team, Channel]:
+        team = self._http_team(request)
+        channel = team.channels.get(request.match_info["channel"])
+        if channel is None:
+            raise SandboxError(404, "NotFound", "Channel not found.")
+        return team, channel
+
+    def _http_post(self, request: web.Request) -> tuple[Team, Channel, Post]:
+        team, channel = self._http_channel(request)
+        post = self._posts.get(request.match_info["post"])
+        if post is None or post.channel_id != channel.id:
+            raise SandboxError(404, "NotFound", "Post not found.")
+        return team, channel, post
+
+    async def _http_teams(self, request: web.Request) -> web.Response:
+        """Every team with its members and whether the bot is installed."""
+        return web.json_response({"teams": [
+            {**self._team_ref(t), "botInstalled": t.bot_installed, "members": [self._member(m) for m in t.members]}
+            for t in self.teams.values()]})
+
+    async def _http_channels(self, request: web.Request) -> web.Response:
+        """Live channels, General first (``?include_deleted=1`` adds deleted ones)."""
+        team = self._http_team(request)
+        include_deleted = request.query.get("include_deleted", "") not in ("", "0", "false")
+        return web.json_response({"channels": [
+            dict(c, general=c["id"] == team.id) for c in self.channels(team.id, include_deleted=include_deleted)]})
+
+    async def _http_posts(self, request: web.Request) -> web.Response:
+        """Root posts oldest first, each with its replies, as ``posts`` returns them."""
+        _, channel = self._http_channel(request)
+        return web.json_response({"posts": self.posts(channel.id)})
+
+    async def _http_user_posts(self, request: web.Request) -> web.Response:
+        """``{"user", "text", "mention_bot"?}``: a member posts (``text`` is HTML, as Teams sends)."""
+        team, channel = self._http_channel(request)
+        return await self._http_send(request, team, channel, None)
+
+    async def _http_user_replies(self, request: web.Request) -> web.Response:
+        """The same, as a reply in the post's thread."""
+        team, channel, post = self._http_post(request)
+        return await self._http_send(request, team, channel, post.id)
+
+    async def _http_send(self, request: web.Request, team: Team, channel: Channel,
+                         reply_to: str | None) -> web.Response:
+        body = await self._json_body(request)
+        user = self._http_user(body)
+        text = body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise SandboxError(400, "BadArgument", "text is required.")
+        try:
+            sent = await self.user_posts(team.id, channel.id, user, text, reply_to=reply_to,
+                                         mention_bot=body.get("mention_bot") is True)
+        except ValueError as exc:  # deleted channel, not a member
+            raise SandboxError(403, "Forbidden", str(exc)) from None
+        return web.json_response({"id": sent["activity"]["id"], "bot_status": sent["status"],
+                                  "bot_body": sent["body"]}, status=201)
+
+    async def _http_press_button(self, request: web.Request) -> web.Response:
+        """``{"user", "verb", "data"}``: a member presses an ``Action.Execute`` button on a
+        bot post; the bot's answer (a card or a message) comes back as ``bot_body``."""
+        team, channel, post = self._http_post(request)
+        body = await self._json_body(request)
+        user = self._http_user(body)
+        verb, data = body.get("verb"), body.get("data") or {}
+        if not isinstance(verb, str) or not verb or not isinstance(data, dict):
+            raise SandboxError(400, "BadArgument", "verb (a string) is required; data must be an object.")
+        if post.sender["kind"] != "bot" or post.deleted is not None:
+            raise SandboxError(400, "BadArgument", "Only the buttons of a bot's live post can be pressed.")
+        try:
+            result = await self.press_button(team.id, channel.id, post.id, user, verb=verb, data=data)
+        except ValueError as exc:  # not a member
+            raise SandboxError(403, "Forbidden", str(exc)) from None
+        return web.json_response({"bot_status": result["status"], "bot_body": result["body"]})
+
+
+def _extension(content_type: str) -> str:
+    return {"image/jpeg": "jpg", "image/svg+xml": "svg"}.get(content_type, content_type.split("/")[-1])

@@ -88,11 +88,14 @@ def channel_message_activity(
     *, activity_id: str, when: float, service_url: str, tenant_id: str, team: dict[str, Any],
     channel_id: str, root_id: str, user: dict[str, Any], bot: dict[str, Any], text_html: str,
     mention_bot: bool = False, attachments: list[dict[str, Any]] | None = None,
+    entities: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A user's channel post (root or reply) as Teams delivers it to a bot.
 
     The conversation id names the thread (``<channel>;messageid=<root>``); ``channelData.team``
     carries only the team id here (no name, no group id), unlike conversation updates.
+    ``attachments`` (files, inline images) follow the ``text/html`` one; ``entities`` (e.g.
+    mentions of people) follow ``clientInfo``.
     """
     mention = f"<at>{bot['name']}</at> " if mention_bot else ""
     html_mention = f'<at id="0">{bot["name"]}</at> ' if mention_bot else ""
@@ -113,6 +116,7 @@ def channel_message_activity(
     )
     if mention_bot:
         activity["entities"].append(mention_entity(bot["id"], bot["name"]))
+    activity["entities"].extend(entities or [])
     if root_id != activity_id:
         activity["replyToId"] = root_id
     return activity
@@ -177,3 +181,59 @@ def card_action_activity(
         value={"action": {"type": "Action.Execute", "verb": verb, "data": data}, "trigger": "manual"},
     )
     return activity
+
+
+# ---------------------------------------------------------------- rich content
+# Shapes from Microsoft's documentation of what Teams sends a bot: inline images are an
+# ``image/*`` attachment whose ``contentUrl`` is the connector's
+# ``{serviceUrl}v3/attachments/{id}/views/original`` (download with the bot's token) plus an
+# ``<img itemtype="http://schema.skype.com/AMSImage" src=".../views/imgo">`` in the
+# ``text/html`` attachment (not for downloading); Giphy GIFs and stickers are only in the
+# HTML (``<readonly itemtype=".../Giphy">`` / ``".../Sticker"``); files shared in a channel
+# are ``reference`` attachments naming the SharePoint URL; @mentions of people are ``<at>``
+# plus a ``mention`` entity.
+
+AMS_IMAGE_ITEMTYPE = "http://schema.skype.com/AMSImage"
+GIPHY_ITEMTYPE = "http://schema.skype.com/Giphy"
+STICKER_ITEMTYPE = "http://schema.skype.com/Sticker"
+
+
+def new_ams_object_id() -> str:
+    """An Azure Media Services object id as Teams writes them (``0-<region>-d<n>-<32 hex>``)."""
+    return f"0-weu-d{secrets.randbelow(9) + 1}-{uuid.uuid4().hex}"
+
+
+def connector_attachment_url(service_url: str, object_id: str, view: str = "original") -> str:
+    return f"{service_url.rstrip('/')}/v3/attachments/{object_id}/views/{view}"
+
+
+def inline_image_attachment(content_url: str, content_type: str = "image/*") -> dict[str, Any]:
+    return {"contentType": content_type, "contentUrl": content_url}
+
+
+def ams_image_html(src: str, *, width: int = 250, height: int = 250, alt: str = "image") -> str:
+    return (f'<img src="{src}" width="{width}" height="{height}" alt="{alt}" itemscope="png" '
+            f'itemtype="{AMS_IMAGE_ITEMTYPE}" style="vertical-align:bottom; width:{width}px; height:{height}px">')
+
+
+def giphy_html(url: str, title: str) -> str:
+    label = f"{title} (GIF Image)"
+    return (f'<readonly title="{label}" itemtype="{GIPHY_ITEMTYPE}" contenteditable="false" aria-label="{label}">'
+            f'<img style="height:auto;margin-top:4px;max-width:100%;" alt="{label}" height="250" width="350" '
+            f'src="{url}" itemtype="{GIPHY_ITEMTYPE}"></readonly>')
+
+
+def sticker_html(url: str, title: str) -> str:
+    return (f'<readonly title="{title}" itemtype="{STICKER_ITEMTYPE}" contenteditable="false" aria-label="{title}">'
+            f'<img src="{url}" width="250" height="250" alt="Sticker image, {title}" '
+            f'itemtype="{STICKER_ITEMTYPE}"></readonly>')
+
+
+def file_reference_attachment(url: str, name: str) -> dict[str, Any]:
+    """A file shared in a channel: stored in the team's SharePoint, sent as a link."""
+    return {"contentType": "reference", "contentUrl": url, "name": name}
+
+
+def person_mention_entity(user: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "mention", "mentioned": {"id": user["id"], "name": user["name"]},
+            "text": f"<at>{user['name']}</at>"}

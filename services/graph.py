@@ -98,6 +98,11 @@ class GraphChannels:
     def __init__(self, client: GraphServiceClient) -> None:
         self._client = client
 
+    @property
+    def client(self) -> GraphServiceClient:
+        """The tenant's Graph client, for reads outside channels (message content, files)."""
+        return self._client
+
     async def create(self, group_id: str, name: str, description: str) -> ChannelInfo:
         body = Channel(
             display_name=name,
@@ -123,6 +128,19 @@ class GraphChannels:
             if (channel.display_name or "").lower() == name.lower():
                 return ChannelInfo(id=channel.id, name=channel.display_name, web_url=channel.web_url)
         return None
+
+    async def list(self, group_id: str) -> list[ChannelInfo]:
+        """The team's live channels (what the settings page offers as notification channel)."""
+        channels = self._client.teams.by_team_id(group_id).channels
+        found: list[ChannelInfo] = []
+        with _graph_call():
+            page = await channels.get()
+            while page is not None:
+                found += [ChannelInfo(id=c.id, name=c.display_name or "", web_url=c.web_url) for c in page.value or []]
+                if not page.odata_next_link:
+                    break
+                page = await channels.with_url(page.odata_next_link).get()
+        return found
 
     async def bot_posts_since(self, group_id: str, channel_id: str, app_id: str | None, since: float) -> list[BotPost]:
         """The bot's root posts in a channel created at or after ``since`` (unix seconds).

@@ -16,6 +16,8 @@ from services.errors import RemoteError, parse_retry_after
 
 API_PREFIX = "/api/external/v1"
 TIMEOUT = aiohttp.ClientTimeout(total=30)
+UPLOAD_TIMEOUT = aiohttp.ClientTimeout(total=300)
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # the contract's limit for POST /attachments
 
 
 class NeetoChatClient:
@@ -30,8 +32,10 @@ class NeetoChatClient:
         path: str,
         *,
         json: Any = None,
+        data: Any = None,
         params: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        client_timeout: aiohttp.ClientTimeout = TIMEOUT,
     ) -> Any:
         headers = dict(self._headers)
         if idempotency_key:
@@ -41,9 +45,10 @@ class NeetoChatClient:
                 method,
                 self._root + path,
                 json=json,
+                data=data,
                 params=params,
                 headers=headers,
-                timeout=TIMEOUT,
+                timeout=client_timeout,
             ) as resp:
                 if resp.status == 204:
                     return None
@@ -111,6 +116,17 @@ class NeetoChatClient:
             f"/conversations/{conversation_id}/messages",
             json=payload,
             idempotency_key=f"teams-msg-{external_id}",
+        )
+
+    async def upload_attachment(
+        self, *, filename: str, content_type: str, content: bytes, idempotency_key: str
+    ) -> dict[str, Any]:
+        """``POST /attachments`` (multipart ``file``); the key makes a retried upload return
+        the first answer instead of storing the file twice. 413 too large, 415 type refused."""
+        form = aiohttp.FormData(quote_fields=False)  # the file name as is, not percent-encoded
+        form.add_field("file", content, filename=filename, content_type=content_type)
+        return await self._call(
+            "POST", "/attachments", data=form, idempotency_key=idempotency_key, client_timeout=UPLOAD_TIMEOUT
         )
 
     async def assign_to_agent(self, conversation_id: str, agent_id: str, actor_agent_id: str) -> dict[str, Any]:

@@ -8,9 +8,11 @@ raises ``RemoteError``: the durable job loop decides about retries.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from botbuilder.core import TurnContext
+import requests
+from botbuilder.core import BotAdapter, TurnContext
 from botbuilder.core.teams import TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter
 from botbuilder.schema import (
@@ -132,6 +134,22 @@ class TeamsPoster:
 
         await self._continue(reference, run)
         return found
+
+    async def connector_authorization(self, reference: dict[str, Any]) -> str | None:
+        """The ``Authorization`` header the bot's connector client sends to the reference's
+        service URL (``Bearer <bot token>``), or None in local mode: what downloading an inline
+        image from ``{serviceUrl}v3/attachments/{id}/views/original`` needs."""
+        found: dict[str, str | None] = {}
+
+        async def run(turn_context: TurnContext) -> None:
+            client = turn_context.turn_state.get(BotAdapter.BOT_CONNECTOR_CLIENT_KEY)
+            credentials = getattr(getattr(client, "config", None), "credentials", None)
+            if credentials is not None:
+                session = await asyncio.to_thread(credentials.signed_session, requests.Session())
+                found["authorization"] = session.headers.get("Authorization")
+
+        await self._continue(reference, run)
+        return found.get("authorization")
 
     async def _continue(self, reference: dict[str, Any], logic) -> None:
         ref = ConversationReference().deserialize(reference)

@@ -9,6 +9,11 @@ the user similar to the way in neetoChat app").
 Exactly once: the link (activity id → pending) is recorded before the POST, the activity
 id is the ``Idempotency-Key``, and the created message id completes the link, so a rerun
 after a crash either skips or repeats a request that neetoChat deduplicates.
+
+Images, GIFs, stickers and files are downloaded and uploaded here, after the activity was
+acknowledged (``services/teams_content.py``): each upload has its own idempotency key, an
+item that cannot be uploaded becomes a link in the text and a notice in the thread, and
+the text is delivered either way.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from botbuilder.schema import Activity, ActivityTypes
 
 from cards import notices
+from services import teams_content
 from services.context import BridgeContext
 from services.errors import RemoteError
 from services.store.base import MessageLink, Workspace
@@ -64,24 +70,38 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
         return
     if link is None:
         await ctx.store.add_message_link(MessageLink(ws.id, conversation_id, None, activity_id, "to_neetochat"))
-    if not payload["text"]:
-        raise Refused("only text is delivered to the visitor so far; attachments were not sent")
+    text = payload.get("text") or ""
+    if not text and not payload.get("attachments"):
+        raise Refused("the message has nothing the visitor could be sent")
     client = ctx.neetochat(ws)
     agent = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
     conversation = await client.get_conversation(conversation_id)
     if conversation.get("status") == "closed":
         raise Refused("this conversation is closed in neetoChat")
+    delivery = await teams_content.deliver(ctx, ws, payload)
+    body = "\n".join(part for part in [text, *delivery.links] if part)
+    if not body and not delivery.attachment_ids:
+        raise Refused("nothing in it could be sent. " + " ".join(delivery.notices))
     if not conversation.get("assignee") or conversation["assignee"].get("type") != "agent":
         await client.assign_to_agent(conversation_id, agent["id"], agent["id"])
     try:
         created = await client.create_message(
-            conversation_id, agent_id=agent["id"], body=payload["text"], external_id=activity_id
+            conversation_id,
+            agent_id=agent["id"],
+            body=body,
+            external_id=activity_id,
+            attachment_ids=delivery.attachment_ids,
         )
     except RemoteError as exc:
         if exc.status == 422:
             raise Refused(str(exc)) from exc
         raise
     await ctx.store.complete_message_link(ws.id, teams_activity_id=activity_id, neeto_message_id=created["id"])
+    for notice in delivery.notices:  # after the message: a failed notice must not resend it
+        try:
+            await tell_thread(ctx, payload, f"ℹ️ {notice}")
+        except Exception:
+            log.exception("could not post a notice about an attachment of %s", activity_id)
 
 
 async def close_from_teams(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
