@@ -35,6 +35,7 @@ from services.jobs import JobRunner
 from services.metrics import Metrics
 from services.store import Store, open_store
 from services.teams import TeamsPoster
+from services.web import setup_web
 from services.webhooks import WebhookReceiver
 
 log = logging.getLogger("bridge")
@@ -215,6 +216,7 @@ def create_app(
             web.get("/metrics", metrics_endpoint),
         ]
     )
+    setup_web(app, settings, lambda a: a[RUNTIME])  # /teams/login, sign-in, settings pages
     return app
 
 

@@ -30,6 +30,8 @@ from aiohttp import web
 
 from sandbox.microsoft import MicrosoftSandbox
 from sandbox.neetochat import NeetoChatSandbox
+from sandbox.page import PATH as PAGE_PATH
+from sandbox.page import page_app, renderer_missing
 from sandbox.world import WORKSPACE, ConnectError, Json, World, build_world
 
 HOST = "127.0.0.1"
@@ -38,6 +40,7 @@ STEP_TIMEOUT = 30.0  # generous: one step is a few HTTP calls, but CI machines c
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 30.0  # the bridge drains in-flight jobs on SIGTERM (app.py: shutdown_timeout)
 POLL_INTERVAL = 0.05
+DEFAULT_PAGE_PORT = 4000
 NEETO = "[neetoChat]"
 TEAMS = "[Teams]    "
 
@@ -49,6 +52,7 @@ class Options:
     ms_port: int
     data_dir: Path
     once: bool
+    page_port: int | None = None  # None: DEFAULT_PAGE_PORT, or any free port when that one is taken
 
 
 class DemoError(Exception):
@@ -72,6 +76,19 @@ async def serve(stack: contextlib.AsyncExitStack, app: web.Application, port: in
     stack.push_async_callback(runner.cleanup)
     await web.TCPSite(runner, HOST, port).start()
     return f"http://{HOST}:{runner.addresses[0][1]}"
+
+
+async def serve_page(stack: contextlib.AsyncExitStack, neeto_url: str, ms_url: str, port: int | None) -> str:
+    """The sandbox page (sandbox/page.py); its URL. Without an explicit port it takes
+    DEFAULT_PAGE_PORT, or any free port when another program has that one."""
+    app = page_app(neeto_url, ms_url, workspace=WORKSPACE)
+    if port is None:
+        try:
+            return await serve(stack, app, DEFAULT_PAGE_PORT) + PAGE_PATH
+        except OSError:
+            app = page_app(neeto_url, ms_url, workspace=WORKSPACE)  # a runner that failed cannot be reused
+            port = 0
+    return await serve(stack, app, port) + PAGE_PATH
 
 
 class Bridge:
@@ -370,7 +387,7 @@ async def play(world: World, transcript: Transcript) -> None:
 # ---------------------------------------------------------------------- putting it together
 
 
-def print_help(world: World, neeto_url: str, ms_url: str, bridge: Bridge, admin_token: str) -> None:
+def print_help(world: World, page_url: str, neeto_url: str, ms_url: str, bridge: Bridge, admin_token: str) -> None:
     """Where everything is, for a person who wants to keep driving the demo by hand."""
     conversations = f"{neeto_url}/{WORKSPACE}/_sandbox/conversations"
     channels = f"{ms_url}/v1.0/teams/{world.team['aadGroupId']}/channels"
@@ -382,12 +399,22 @@ def print_help(world: World, neeto_url: str, ms_url: str, bridge: Bridge, admin_
         ("POST", conversations + "/{id}/close", '{"actor_agent_id"}'),
         ("GET", conversations + "/{id}", "the conversation and its messages"),
     ]
+    team = f"{ms_url}/_sandbox/teams/{world.team_id}"
     ms_routes = [
-        ("GET", channels, "the team's channels"),
-        ("GET", channels + "/{channel id}/messages", "a channel's posts"),
+        ("GET", channels, "the team's channels (Graph)"),
+        ("GET", channels + "/{channel id}/messages", "a channel's posts (Graph)"),
+    ]
+    teams_routes = [
+        ("GET", f"{ms_url}/_sandbox/teams", "teams and their members"),
+        ("GET", team + "/channels", "the team's channels"),
+        ("GET", team + "/channels/{channel id}/posts", "a channel's posts with their replies"),
+        ("POST", team + "/channels/{channel id}/posts", '{"user": email, "text": HTML, "mention_bot"?}'),
+        ("POST", team + "/channels/{channel id}/posts/{post id}/replies", '{"user", "text", "mention_bot"?}'),
+        ("POST", team + "/channels/{channel id}/posts/{post id}/press", '{"user", "verb", "data"}: a card button'),
     ]
     admin_url = f"{bridge.url}/api/admin/workspaces/{WORKSPACE}"
     print("\nThe demo keeps running: drive it yourself (Ctrl-C stops everything).")
+    print(f"  sandbox page   {page_url}  (both sides, live; type as the visitor or a Teams user)")
     print(f"  bridge         {bridge.url}  (log {bridge.log_path})")
     print(f"  admin token    {admin_token}")
     print(f'                 curl -H "Authorization: Bearer {admin_token}" {admin_url}')
@@ -395,6 +422,8 @@ def print_help(world: World, neeto_url: str, ms_url: str, bridge: Bridge, admin_
     _print_routes(neeto_routes)
     print(f"  Microsoft 365  Graph {ms_url}/v1.0, Bot Connector {ms_url}/connector/")
     _print_routes(ms_routes)
+    print("  Teams client   act as a team member (ids with : and @ percent-encoded or as they are):")
+    _print_routes(teams_routes)
 
 
 def _print_routes(routes: list[tuple[str, str, str]]) -> None:
@@ -430,6 +459,10 @@ async def run(options: Options) -> None:
         neeto_url = await serve(stack, neeto.app(), options.neeto_port)
         ms_url = await serve(stack, ms.app(), options.ms_port)
         ms.set_base_url(ms_url)
+        page_url = await serve_page(stack, neeto_url, ms_url, options.page_port)
+        print(f"sandbox page           {page_url}  (open it in a browser: both sides, live)")
+        if problem := renderer_missing():
+            print(f"                       cards will not render there: {problem}")
         print(f"neetoChat sandbox      {neeto_url}")
         print(f"Microsoft 365 sandbox  {ms_url}")
         http = await stack.enter_async_context(aiohttp.ClientSession())
@@ -452,7 +485,7 @@ async def run(options: Options) -> None:
         if options.once:
             print("\ndemo finished")
             return
-        print_help(world, neeto_url, ms_url, bridge, admin_token)
+        print_help(world, page_url, neeto_url, ms_url, bridge, admin_token)
         with contextlib.suppress(asyncio.CancelledError):
             await transcript.follow()
         print("\nstopping")

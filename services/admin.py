@@ -25,6 +25,73 @@ from services.store.base import Workspace
 UPDATE_TYPES = ("new_conversations", "all_activity")
 
 
+class LinkError(Exception):
+    """Linking refused; ``status`` is what the operator API answers, the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def link_team(
+    ctx: BridgeContext,
+    ws: Workspace,
+    *,
+    team_id: Any,
+    user: Any,
+    tenant_id: Any = None,
+    notification_channel_id: Any = None,
+    update_type: Any = "new_conversations",
+    on_enqueued=None,
+) -> Workspace:
+    """Link ``ws`` to a team: what ``PUT /api/admin/workspaces/{ws}/teams`` and the sign-in
+    flow (``services/web``) both do. The authorizing user must be an active neetoChat agent
+    (non-agents write as them). Saves the workspace and queues the confirmation post in
+    General; ``LinkError`` (nothing saved) when refused."""
+    if not isinstance(team_id, str) or not team_id:
+        raise LinkError(400, "team_id is required")
+    if update_type not in UPDATE_TYPES:
+        raise LinkError(400, f"update_type must be one of {', '.join(UPDATE_TYPES)}")
+    if not isinstance(user, dict) or not isinstance(user.get("email"), str):
+        raise LinkError(400, "authorizing_user with an email is required")
+    if notification_channel_id is not None and not isinstance(notification_channel_id, str):
+        raise LinkError(400, "notification_channel_id must be a string")
+    try:
+        agent = await ctx.neetochat(ws).find_agent_by_email(user["email"])
+    except RemoteError as exc:
+        raise LinkError(422, f"could not look up the authorizing user in neetoChat: {exc}") from exc
+    if agent is None:
+        raise LinkError(422, f"{user['email']} is not an active agent of this neetoChat workspace")
+    installation = await ctx.store.get_installation(team_id)
+    ws.tenant_id = tenant_id or (installation.tenant_id if installation else None)
+    ws.team_id = installation.team_id if installation else team_id
+    ws.aad_group_id = installation.aad_group_id if installation else (None if team_id.startswith("19:") else team_id)
+    ws.notification_channel_id = notification_channel_id or None
+    ws.update_type = update_type
+    ws.authorizing_user = {
+        "aad_object_id": user.get("aad_object_id"),
+        "email": user["email"],
+        "name": user.get("name") or agent.get("name"),
+        "agent_id": agent["id"],
+    }
+    ws.updated_at = time.time()
+    await ctx.store.put_workspace(ws)
+    if await store_link_confirmation(ctx.store, ws.id, uuid.uuid4().hex) and on_enqueued is not None:
+        on_enqueued()
+    return ws
+
+
+async def unlink_team(ctx: BridgeContext, ws: Workspace) -> Workspace:
+    """Undo the Teams link (no more syncing) but keep the workspace connected: its secrets
+    stay, and linking again later needs no operator."""
+    ws.tenant_id = ws.team_id = ws.aad_group_id = ws.notification_channel_id = None
+    ws.authorizing_user = None
+    ws.update_type = "new_conversations"
+    ws.updated_at = time.time()
+    await ctx.store.put_workspace(ws)
+    return ws
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -112,42 +179,19 @@ class AdminApi:
         ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
         if ws is None:
             return _error(404, "unknown workspace")
-        team_id = body.get("team_id")
-        if not isinstance(team_id, str) or not team_id:
-            return _error(400, "team_id is required")
-        update_type = body.get("update_type", "new_conversations")
-        if update_type not in UPDATE_TYPES:
-            return _error(400, f"update_type must be one of {', '.join(UPDATE_TYPES)}")
-        user = body.get("authorizing_user")
-        if not isinstance(user, dict) or not isinstance(user.get("email"), str):
-            return _error(400, "authorizing_user with an email is required")
         try:
-            agent = await self.ctx.neetochat(ws).find_agent_by_email(user["email"])
-        except RemoteError as exc:
-            return _error(422, f"could not look up the authorizing user in neetoChat: {exc}")
-        if agent is None:
-            return _error(422, f"{user['email']} is not an active agent of this neetoChat workspace")
-        installation = await self.ctx.store.get_installation(team_id)
-        channel_id = body.get("notification_channel_id")
-        if channel_id is not None and not isinstance(channel_id, str):
-            return _error(400, "notification_channel_id must be a string")
-        ws.tenant_id = body.get("tenant_id") or (installation.tenant_id if installation else None)
-        ws.team_id = installation.team_id if installation else team_id
-        ws.aad_group_id = (
-            installation.aad_group_id if installation else (None if team_id.startswith("19:") else team_id)
-        )
-        ws.notification_channel_id = channel_id or None
-        ws.update_type = update_type
-        ws.authorizing_user = {
-            "aad_object_id": user.get("aad_object_id"),
-            "email": user["email"],
-            "name": user.get("name") or agent.get("name"),
-            "agent_id": agent["id"],
-        }
-        ws.updated_at = time.time()
-        await self.ctx.store.put_workspace(ws)
-        if await store_link_confirmation(self.ctx.store, ws.id, uuid.uuid4().hex):
-            self.on_enqueued()
+            ws = await link_team(
+                self.ctx,
+                ws,
+                team_id=body.get("team_id"),
+                tenant_id=body.get("tenant_id"),
+                notification_channel_id=body.get("notification_channel_id"),
+                update_type=body.get("update_type", "new_conversations"),
+                user=body.get("authorizing_user"),
+                on_enqueued=self.on_enqueued,
+            )
+        except LinkError as exc:
+            return _error(exc.status, str(exc))
         return web.json_response(await self.status(ws))
 
     async def status(self, ws: Workspace) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from app import RUNTIME
 from tests.harness import WS, wait_for
 
 
@@ -21,6 +22,12 @@ async def _started(h, name: str):
     channel = await h.wait_channel(conv["number"])
     notice = await wait_for(lambda: [p for p in h.general_posts() if p["attachments"]], what="the notice card")
     await wait_for(lambda: h.ms.posts(channel["id"]), what="the intro card")
+
+    async def set_up():  # the bridge has recorded both cards (a press before that is a race)
+        portal = await h.app[RUNTIME].ctx.store.get_portal(WS, conv["id"])
+        return portal and portal.backfilled
+
+    await wait_for(set_up, what="the conversation to be fully set up")
     return conv, channel, notice[0]
 
 

@@ -1,0 +1,73 @@
+"""The pages an admin's browser sees: "Login to Teams" sign-in, team picker, settings.
+
+``setup_web(app, settings, runtime)`` adds them to the bridge's aiohttp app: an encrypted
+session cookie (aiohttp-session ``EncryptedCookieStorage``, Fernet key derived from
+``SECRET_KEY`` with HKDF, HttpOnly, SameSite=Lax, Secure when ``PUBLIC_URL`` is https),
+server-rendered Jinja2 templates (``templates/``, autoescaped, no JavaScript needed) and
+``static/style.css``. Routes and flow: ``services/web/pages.py``; the signed link format:
+``services/web/links.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from aiohttp_session import setup as setup_session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from services.config import Settings
+from services.crypto import load_or_create_key
+from services.web.pages import COOKIE_NAME, WEB, Pages
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def session_key(secret_key: str) -> str:
+    """The session cookie's 32-byte Fernet key (url-safe base64): HKDF from ``SECRET_KEY`` like
+    the stored-secrets key (services/crypto.py), with its own ``info`` so the two never coincide."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"neetochat-teams/v1", info=b"session-cookie").derive(
+        secret_key.encode()
+    )
+    return base64.urlsafe_b64encode(derived).decode()
+
+
+def setup_web(app: web.Application, settings: Settings, runtime: Callable[[web.Application], Any]) -> None:
+    """``runtime(app)`` gives the running bridge's ``ctx`` (BridgeContext) and ``runner``."""
+    storage = EncryptedCookieStorage(
+        session_key(load_or_create_key(settings.secret_key, settings.data_dir)),
+        cookie_name=COOKIE_NAME,
+        path="/teams",
+        httponly=True,
+        samesite="Lax",
+        secure=settings.public_url.lower().startswith("https://"),
+        max_age=None,  # a browser-session cookie; the pages check their own ages
+    )
+    setup_session(app, storage)
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(ROOT / "templates")), autoescape=True)
+    pages = Pages(settings, runtime)
+    app[WEB] = pages
+    app.add_routes(
+        [
+            web.get("/teams/login", pages.login),
+            web.get("/teams/callback", pages.callback),
+            web.get("/teams/pick", pages.pick),
+            web.post("/teams/pick", pages.pick_team),
+            web.post("/teams/check", pages.check_again),
+            web.get("/teams/settings", pages.settings_page),
+            web.post("/teams/settings", pages.save_settings),
+            web.post("/teams/disconnect", pages.disconnect),
+            web.get("/teams/app-package", pages.app_package),
+            web.static("/teams/static", str(ROOT / "static")),
+        ]
+    )
+
+
+__all__ = ["setup_web", "session_key"]
