@@ -21,8 +21,10 @@ from tests.harness import WS, BridgeProcess, bridge_env, free_port, wait_for
 APP_SECRET = "bot-client-secret-" + secrets.token_hex(8)
 
 
-@pytest.fixture
-async def authenticated(sandbox, tmp_path):
+@pytest.fixture(params=["MultiTenant", "SingleTenant"])
+async def authenticated(request, sandbox, tmp_path):
+    """Multi-tenant: connector tokens from botframework.com, Graph tokens from the team's
+    tenant. Single-tenant: both from the app's own tenant (``MicrosoftAppTenantId``)."""
     h = sandbox
     tls = make_test_tls(tmp_path / "tls")
     identity = IdentitySandbox()
@@ -35,7 +37,8 @@ async def authenticated(sandbox, tmp_path):
         env.update({
             "MicrosoftAppId": h.ms.bot_app_id,
             "MicrosoftAppPassword": APP_SECRET,
-            "MicrosoftAppType": "MultiTenant",
+            "MicrosoftAppType": request.param,
+            "MicrosoftAppTenantId": h.ms.tenant_id if request.param == "SingleTenant" else "",
             "SECRET_KEY": secrets.token_urlsafe(32),
             "LOGIN_AUTHORITY": server.url,
             "TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL": identity.channel_metadata_url,
@@ -46,6 +49,7 @@ async def authenticated(sandbox, tmp_path):
         h.set_bridge(proc.url)
         await proc.start(h.http)
         h.identity = identity
+        h.app_type = request.param
         h.log_path = tmp_path / "bridge.log"
         yield h
         assert await proc.terminate() == 0
@@ -67,8 +71,12 @@ async def test_the_whole_path_works_with_tokens_both_ways(authenticated):
     issued = {entry["kind"] for entry in h.identity.issued}
     assert "channel" in issued and len(h.identity.issued) >= 3
     # tokens are reused until they expire, not fetched per call
-    token_requests = [r for r in h.identity.requests if r["path"].endswith("/oauth2/v2.0/token")]
+    token_requests = [r["path"] for r in h.identity.requests if r["path"].endswith("/oauth2/v2.0/token")]
     assert len(token_requests) <= 4
+    if h.app_type == "SingleTenant":  # every token from the app's own tenant
+        assert all(path.startswith(f"/{h.ms.tenant_id}/") for path in token_requests), token_requests
+    else:
+        assert any(path.startswith("/botframework.com/") for path in token_requests), token_requests
 
 
 def _activity(h, service_url: str) -> dict:
