@@ -1,0 +1,166 @@
+"""The Login to Teams pages in a real browser: headless Debian Chromium driven by Playwright.
+
+Reuses the ``signin`` fixture of ``tests/test_signin.py``: the bridge in-process in
+authenticated mode, the identity sandbox over TLS (a throwaway test CA) and the Microsoft
+sandbox. Chromium is told to trust exactly that server's key with
+``--ignore-certificate-errors-spki-list`` (the SHA-256 of the test certificate's public
+key): every other certificate error still fails, unlike ``ignore_https_errors``.
+
+Screenshots go to ``tmp_path``, or to ``docs/screenshots/`` with ``UPDATE_SCREENSHOTS=1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from playwright.async_api import Page, async_playwright, expect
+
+from tests import test_signin
+from tests.harness import ROOT, wait_for
+from tests.test_signin import SignIn, add_channel
+
+signin = test_signin.signin  # the fixture, shared with tests/test_signin.py
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 20_000
+VIEWPORT = {"width": 960, "height": 540}
+
+
+def _needs_chromium() -> None:
+    """Fail (never skip) with what to install when the browser is missing."""
+    if not CHROMIUM.exists():
+        found = shutil.which("chromium")
+        pytest.fail(
+            f"{CHROMIUM} is missing{f' (found {found})' if found else ''}: "
+            "install Debian's Chromium with `apt-get update && apt-get install -y chromium`"
+        )
+
+
+def _spki_sha256(cert_path: Path) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of a certificate, as Chromium's SPKI list wants it."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    directory = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "shots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture
+async def page(signin: SignIn):
+    """A fresh headless Chromium tab that trusts only the test server's key besides the system CAs."""
+    _needs_chromium()
+    errors: list[str] = []
+    args = [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={_spki_sha256(signin.tls.cert_path)}"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            context = await browser.new_context(viewport=VIEWPORT)
+            tab = await context.new_page()
+            tab.on("pageerror", lambda exc: errors.append(str(exc)))
+            tab.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            yield tab
+            assert not errors, errors
+        finally:
+            await browser.close()
+
+
+async def _sign_in(s: SignIn, page: Page, as_name: str = "Adam Admin") -> None:
+    """Open the signed link and sign in on the identity sandbox's page."""
+    response = await page.goto(s.link())
+    assert response is not None and response.ok
+    assert page.url.startswith("https://127.0.0.1:"), page.url  # the sign-in page, over TLS
+    await page.get_by_role("link", name=f"Sign in as {as_name}").click()
+
+
+async def test_login_pick_team_and_save_settings_in_the_browser(signin, page, shots):
+    s, h = signin, signin.h
+    await s.connect_workspace()
+    await s.install()
+    escalations = add_channel(h, h.team_id, "Escalations")
+
+    await _sign_in(s, page)
+    await expect(page.get_by_role("heading", name="Choose a team")).to_be_visible()
+    await expect(page.get_by_text("Signed in as Adam Admin")).to_be_visible()
+    await expect(page.get_by_label("Support")).to_be_checked()
+    await page.screenshot(path=str(shots / "team-picker.png"), full_page=True)
+
+    await page.get_by_label("Support").check()
+    await page.get_by_role("button", name="Link this team").click()
+    await expect(page.get_by_label("Notification channel")).to_be_visible()
+    select = page.get_by_label("Notification channel")
+    await expect(select.locator("option:checked")).to_have_text("General")
+    await expect(page.get_by_label("New conversations")).to_be_checked()
+    await wait_for(lambda: h.ms.posts(h.team_id), what="the link confirmation in General")
+    await page.screenshot(path=str(shots / "settings.png"), full_page=True)
+
+    await select.select_option(label="Escalations")
+    await page.get_by_label("All conversation activity").check()
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_text("Saved.")).to_be_visible()
+    await expect(page.get_by_label("Notification channel").locator("option:checked")).to_have_text("Escalations")
+    await expect(page.get_by_label("All conversation activity")).to_be_checked()
+    await page.screenshot(path=str(shots / "settings-saved.png"), full_page=True)
+
+    ws = await s.workspace()
+    assert ws.team_id == h.team_id and ws.authorizing_user["aad_object_id"] == h.adam["aadObjectId"]
+    assert ws.notification_channel_id == escalations and ws.update_type == "all_activity"
+
+
+async def test_bot_not_installed_page_in_the_browser(signin, page, shots):
+    s = signin
+    await s.connect_workspace()
+    await _sign_in(s, page)
+    await expect(page.get_by_text("app not installed yet")).to_be_visible()
+    await page.get_by_role("button", name="Link this team").click()
+    await expect(page.get_by_role("heading", name="Add the app to Support")).to_be_visible()
+    await expect(page.get_by_role("button", name="Check again")).to_be_visible()
+    await page.screenshot(path=str(shots / "not-installed.png"), full_page=True)
+    await s.install()
+    await page.get_by_role("button", name="Check again").click()
+    await expect(page.get_by_label("Notification channel")).to_be_visible()
+    assert (await s.workspace()).team_id == s.h.team_id
+
+
+async def test_tampered_and_expired_links_show_a_403_page(signin, page, shots):
+    s = signin
+    await s.connect_workspace()
+    expires = int(time.time()) + 600
+    tampered = s.link(expires=expires).replace(f"expires={expires}", f"expires={expires + 3600}")
+    response = await page.goto(tampered)
+    assert response is not None and response.status == 403
+    await expect(page.get_by_role("heading", name="That did not work")).to_be_visible()
+    await expect(page.get_by_text(re.compile("signature is not valid"))).to_be_visible()
+    await page.screenshot(path=str(shots / "link-refused.png"), full_page=True)
+
+    response = await page.goto(s.link(expires=int(time.time()) - 1))
+    assert response is not None and response.status == 403
+    await expect(page.get_by_text(re.compile("expired"))).to_be_visible()
+    assert not [r for r in s.identity.requests if "authorize" in r["path"]]
+    ws = await s.workspace()
+    assert ws.team_id is None and ws.authorizing_user is None
