@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from sandbox.microsoft import MicrosoftSandbox
 from sandbox.neetochat import NeetoChatSandbox
@@ -202,3 +204,27 @@ class BridgeProcess:
                 self.proc.wait()
                 raise AssertionError("the bridge did not stop within 30 s of SIGTERM") from None
         return self.proc.returncode
+
+
+# Debian's Chromium, driven by playwright without any browser download (which fails here).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require_chromium() -> None:
+    """Fail (never skip) with what to install when the browser is missing."""
+    if not CHROMIUM.exists():
+        found = shutil.which("chromium")
+        pytest.fail(
+            f"{CHROMIUM} is missing{f' (found {found})' if found else ''}: "
+            "install Debian's Chromium with `apt-get update && apt-get install -y chromium`"
+        )

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -25,34 +24,13 @@ from cryptography.hazmat.primitives import serialization
 from playwright.async_api import Page, async_playwright, expect
 
 from tests import test_signin
-from tests.harness import ROOT, wait_for
+from tests.harness import CHROMIUM, CHROMIUM_ARGS, ROOT, require_chromium, wait_for
 from tests.test_signin import SignIn, add_channel
 
 signin = test_signin.signin  # the fixture, shared with tests/test_signin.py
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 20_000
 VIEWPORT = {"width": 960, "height": 540}
-
-
-def _needs_chromium() -> None:
-    """Fail (never skip) with what to install when the browser is missing."""
-    if not CHROMIUM.exists():
-        found = shutil.which("chromium")
-        pytest.fail(
-            f"{CHROMIUM} is missing{f' (found {found})' if found else ''}: "
-            "install Debian's Chromium with `apt-get update && apt-get install -y chromium`"
-        )
 
 
 def _spki_sha256(cert_path: Path) -> str:
@@ -73,7 +51,7 @@ def shots(tmp_path) -> Path:
 @pytest.fixture
 async def page(signin: SignIn):
     """A fresh headless Chromium tab that trusts only the test server's key besides the system CAs."""
-    _needs_chromium()
+    require_chromium()
     errors: list[str] = []
     args = [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={_spki_sha256(signin.tls.cert_path)}"]
     async with async_playwright() as pw:

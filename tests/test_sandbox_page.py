@@ -5,39 +5,21 @@ the real Adaptive Cards renderer from ``node_modules`` (``npm ci``)."""
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from playwright.async_api import async_playwright, expect
 
 from sandbox.page import page_app, renderer_missing
-from tests.harness import ROOT, WS, wait_for
+from tests.harness import CHROMIUM, CHROMIUM_ARGS, ROOT, WS, require_chromium, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = ROOT / "docs" / "sandbox-page.png"
 TIMEOUT_MS = 20_000
 
 
 def _needs() -> None:
     """Fail (never skip) with what to install when the browser or the renderer is missing."""
-    if not CHROMIUM.exists():
-        found = shutil.which("chromium")
-        pytest.fail(
-            f"{CHROMIUM} is missing{f' (found {found})' if found else ''}: "
-            "install Debian's Chromium with `apt-get update && apt-get install -y chromium`"
-        )
+    require_chromium()
     if problem := renderer_missing():
         pytest.fail(problem)
 
