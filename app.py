@@ -211,6 +211,8 @@ def create_app(
             web.get(admin, _admin("get_workspace")),
             web.delete(admin, _admin("delete_workspace")),
             web.put(admin + "/teams", _admin("put_teams")),
+            web.get(admin + "/dead-letters", _admin("list_dead_letters")),
+            web.post(admin + "/dead-letters/replay", _admin("replay_dead_letters")),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_endpoint),

@@ -194,6 +194,49 @@ class AdminApi:
             return _error(exc.status, str(exc))
         return web.json_response(await self.status(ws))
 
+    async def list_dead_letters(self, request: web.Request) -> web.Response:
+        """What could not be delivered, newest first, with the reason (never message bodies)."""
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
+        if ws is None:
+            return _error(404, "unknown workspace")
+        jobs = await self.ctx.store.list_dead_jobs(ws.id, limit=500)
+        return web.json_response(
+            {
+                "dead_letters": [
+                    {
+                        "id": job.seq,
+                        "kind": job.kind,
+                        "conversation_id": job.partition.split(":", 1)[1],
+                        "reason": job.last_error,
+                        "attempts": job.attempts,
+                        "created_at": job.created_at,
+                        "failed_at": job.finished_at,
+                    }
+                    for job in jobs
+                ]
+            }
+        )
+
+    async def replay_dead_letters(self, request: web.Request) -> web.Response:
+        """Deliver dead letters again once the cause is fixed: ``{"ids": [...]}`` or all."""
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        body = await self._json(request) if request.can_read_body else {}
+        if isinstance(body, web.Response):
+            return body
+        ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
+        if ws is None:
+            return _error(404, "unknown workspace")
+        ids = body.get("ids")
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, int) for i in ids)):
+            return _error(400, "ids must be a list of dead-letter ids")
+        replayed = await self.ctx.store.requeue_dead_jobs(ws.id, ids)
+        if replayed:
+            self.on_enqueued()
+        return web.json_response({"replayed": replayed})
+
     async def status(self, ws: Workspace) -> dict[str, Any]:
         """The workspace as an operator sees it; never a secret."""
         installation = await self.ctx.store.get_installation(ws.team_id) if ws.team_id else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import RUNTIME
-from tests.harness import API_KEY, WEBHOOK_SECRET, WS
+from tests.harness import API_KEY, WEBHOOK_SECRET, WS, wait_for
 
 
 def _connect_body(h, api_key: str = API_KEY) -> dict:
@@ -87,3 +87,30 @@ async def test_disconnecting_stops_syncing(connected):
     async with connected.http.post(connected.webhook_url, data=body, headers=headers) as resp:
         assert resp.status == 404
     assert (await connected.admin("DELETE", f"/api/admin/workspaces/{WS}"))[0] == 404
+
+
+async def test_dead_letters_are_listed_with_the_reason_and_can_be_replayed(bridge):
+    h = bridge
+    await h.admin("PUT", f"/api/admin/workspaces/{WS}", _connect_body(h))
+    h.neeto.set_webhook_url(WS, h.webhook_url)  # events arrive before any team is linked
+    conv = h.neeto.start_conversation(WS, visitor_name="Uma", visitor_email="uma@example.com", message="hello?")
+
+    async def dead_letters():
+        status, body = await h.admin("GET", f"/api/admin/workspaces/{WS}/dead-letters")
+        assert status == 200
+        return body["dead_letters"]
+
+    [letter] = await wait_for(dead_letters, what="the undeliverable event")
+    assert letter["conversation_id"] == conv["id"] and "not linked" in letter["reason"]
+    assert "hello?" not in str(letter)  # reasons, never message bodies
+    assert (await h.admin("POST", f"/api/admin/workspaces/{WS}/dead-letters/replay", {"ids": "all"}))[0] == 400
+    assert (await h.admin("POST", f"/api/admin/workspaces/{WS}/dead-letters/replay", token=None))[0] == 401
+
+    await h.ms.install_bot(h.team_id, by_user=h.adam)  # the operator fixes the cause
+    link = {"team_id": h.team_id, "authorizing_user": {"email": "adam@acme.test"}}
+    assert (await h.admin("PUT", f"/api/admin/workspaces/{WS}/teams", link))[0] == 200
+    status, body = await h.admin("POST", f"/api/admin/workspaces/{WS}/dead-letters/replay")
+    assert status == 200 and body == {"replayed": 1}
+    channel = await h.wait_channel(conv["number"])
+    await wait_for(lambda: h.ms.posts(channel["id"]), what="the replayed conversation's card")
+    assert await dead_letters() == []

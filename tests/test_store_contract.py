@@ -227,6 +227,25 @@ async def test_dead_jobs_are_listed_newest_first_and_do_not_block(store: Store):
     assert await store.list_dead_jobs("ws2") == []
 
 
+async def test_requeued_dead_jobs_run_again_oldest_first(store: Store):
+    for k in ("r1", "r2", "r3"):
+        assert await store.enqueue(job(k))
+    for _ in range(3):
+        [claimed] = await store.claim_jobs("A", NOW, LEASE, 10)
+        assert await store.finish_job(claimed.seq, "A", "dead", "neetoChat refused")
+    dead = await store.list_dead_jobs("ws1")
+    assert await store.requeue_dead_jobs("ws1", [dead[0].seq]) == 1  # only r3
+    assert await store.requeue_dead_jobs("ws2") == 0
+    [again] = await store.claim_jobs("B", NOW, LEASE, 10)
+    assert again.dedupe_key == "r3" and again.attempts == 0 and again.status == "pending"
+    assert await store.finish_job(again.seq, "B", "done")
+    assert await store.requeue_dead_jobs("ws1") == 2  # the rest
+    [first] = await store.claim_jobs("B", NOW, LEASE, 10)
+    assert first.dedupe_key == "r1"  # still in order within the conversation
+    counts = await store.job_counts("ws1")
+    assert (counts.pending, counts.done, counts.dead) == (2, 1, 0)
+
+
 async def test_job_counts(store: Store):
     empty = await store.job_counts()
     assert (empty.pending, empty.done, empty.dead, empty.oldest_pending_at) == (0, 0, 0, None)

@@ -251,3 +251,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]: ...
+
+    @abc.abstractmethod
+    async def requeue_dead_jobs(self, workspace_id: str, seqs: list[int] | None = None) -> int:
+        """Make dead jobs pending again (all of the workspace's, or those in ``seqs``), with
+        their attempts reset: the operator fixed the cause and replays them. Their last
+        error is kept until they run. Returns how many were requeued."""

@@ -421,6 +421,25 @@ class MongoStore(Store):
         counts.oldest_pending_at = None if oldest is None else float(oldest["created_at"])
         return counts
 
+    async def requeue_dead_jobs(self, workspace_id: str, seqs: list[int] | None = None) -> int:
+        query: dict[str, Any] = {"workspace_id": workspace_id, "status": "dead"}
+        if seqs is not None:
+            query["_id"] = {"$in": seqs}
+        result = await self.db.jobs.update_many(
+            query,
+            {
+                "$set": {
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": 0.0,
+                    "finished_at": None,
+                    "lease_owner": None,
+                    "lease_until": 0.0,
+                }
+            },
+        )
+        return result.modified_count
+
     async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]:
         cursor = (
             self.db.jobs.find({"workspace_id": workspace_id, "status": "dead"})

@@ -517,6 +517,18 @@ class SqliteStore(Store):
         counts.oldest_pending_at = None if row is None or row[0] is None else float(row[0])
         return counts
 
+    async def requeue_dead_jobs(self, workspace_id: str, seqs: list[int] | None = None) -> int:
+        sql = """UPDATE jobs SET status = 'pending', attempts = 0, next_attempt_at = 0, finished_at = NULL,
+                                lease_owner = NULL, lease_until = 0
+                 WHERE workspace_id = ? AND status = 'dead'"""
+        params: list[Any] = [workspace_id]
+        if seqs is not None:
+            if not seqs:
+                return 0
+            sql += f" AND seq IN ({','.join('?' * len(seqs))})"
+            params += seqs
+        return await self._write(sql, params)
+
     async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]:
         rows = await self._all(
             """SELECT * FROM jobs WHERE workspace_id = ? AND status = 'dead'
