@@ -114,10 +114,6 @@ def linked_html(workspace_name: str, user_name: str | None) -> str:
     )
 
 
-def closed_html(conversation: dict[str, Any], actor: dict[str, Any] | None) -> str:
-    return f"🔒 Conversation #{conversation.get('number')} was closed by {_actor(actor)}."
-
-
 def notice_html(text: str) -> str:
     """A plain bot notice (errors, refusals) with the text escaped."""
     return html.escape(text)

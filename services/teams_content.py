@@ -98,14 +98,22 @@ def read_activity(activity: Any, fallback_text: str) -> tuple[str, list[dict[str
                 html = content
         elif content_type.startswith(("image/", "video/", "audio/")) and url:
             kind = "image" if content_type.startswith("image/") else "media"
-            items.append({"kind": kind, "url": url, "content_type": content_type, "name": name,
-                          "index": image_index if kind == "image" else None})
+            items.append(
+                {
+                    "kind": kind,
+                    "url": url,
+                    "content_type": content_type,
+                    "name": name,
+                    "index": image_index if kind == "image" else None,
+                }
+            )
             image_index += kind == "image"
         elif content_type == "reference" and url:
             items.append({"kind": "file", "url": url, "name": name or _name_from_url(url)})
         elif content_type == _FILE_DOWNLOAD_INFO and isinstance(content, dict) and content.get("downloadUrl"):
-            items.append({"kind": "download", "url": content["downloadUrl"], "name": name,
-                          "file_type": content.get("fileType")})
+            items.append(
+                {"kind": "download", "url": content["downloadUrl"], "name": name, "file_type": content.get("fileType")}
+            )
         elif content_type:
             items.append({"kind": "unsupported", "content_type": content_type, "name": name})
     if html is None:
@@ -169,8 +177,10 @@ async def deliver(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) ->
     for position, item in enumerate(items):
         label = _label(item, position)
         if item["kind"] == "unsupported":
-            out.notices.append(f"{label} was not sent to the visitor: Teams content of type "
-                               f"{item.get('content_type')} cannot be delivered.")
+            out.notices.append(
+                f"{label} was not sent to the visitor: Teams content of type "
+                f"{item.get('content_type')} cannot be delivered."
+            )
             continue
         if len(out.attachment_ids) >= MAX_ATTACHMENTS:
             _degrade(out, item, label, f"neetoChat takes at most {MAX_ATTACHMENTS} files per message")
@@ -188,8 +198,10 @@ async def deliver(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) ->
             continue
         except RemoteError as exc:
             if exc.status in (413, 415, 422):
-                reason = {413: "it is larger than neetoChat accepts (25 MB)",
-                          415: "neetoChat does not accept files of this type"}.get(exc.status, str(exc))
+                reason = {
+                    413: "it is larger than neetoChat accepts (25 MB)",
+                    415: "neetoChat does not accept files of this type",
+                }.get(exc.status, str(exc))
                 _degrade(out, item, label, reason)
                 continue
             raise
@@ -214,8 +226,10 @@ def _degrade(out: Delivery, item: dict[str, Any], label: str, reason: str) -> No
     elif kind == "file":
         details = ", ".join(x for x in (item.get("content_type"), _human_size(item.get("size"))) if x)
         out.links.append(f"📎 {item.get('name')}{f' ({details})' if details else ''}: {item['url']}")
-        out.notices.append(f"{label} reached the visitor as a link instead of the file: {reason}. "
-                           "They can open it only if it is shared with them.")
+        out.notices.append(
+            f"{label} reached the visitor as a link instead of the file: {reason}. "
+            "They can open it only if it is shared with them."
+        )
     else:  # inline images, connector media and download links need Teams credentials
         out.notices.append(f"{label} was not sent to the visitor: {reason}.")
 
@@ -235,8 +249,9 @@ async def _fetch(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any], ite
                 return await _from_hosted_contents(ctx, ws, payload, item)
             except Unavailable as second:
                 log.warning("inline image unavailable: %s; %s", first.reason, second.reason)
-                raise Unavailable(f"Teams did not let the bridge download it ({first.reason}; "
-                                  f"Graph: {second.reason})") from None
+                raise Unavailable(
+                    f"Teams did not let the bridge download it ({first.reason}; Graph: {second.reason})"
+                ) from None
     if kind in ("gif", "sticker"):
         fetched = await _download(ctx, item["url"], None, "GIF" if kind == "gif" else "sticker")
         if not fetched.content_type.startswith("image/"):
@@ -268,8 +283,9 @@ async def _from_connector(ctx: BridgeContext, payload: dict[str, Any], item: dic
         fetched.content_type = _sniff_image(fetched.content) or (declared if "*" not in declared else "")
     if not fetched.content_type.startswith(("image/", "video/", "audio/")):
         raise Unavailable(f"the connector answered {fetched.content_type or 'no content type'}")
-    fetched.filename = _filename(item.get("name"), "image" if item["kind"] == "image" else "media",
-                                 fetched.content_type)
+    fetched.filename = _filename(
+        item.get("name"), "image" if item["kind"] == "image" else "media", fetched.content_type
+    )
     return fetched
 
 

@@ -31,8 +31,27 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 _BLOCKS = {
-    "p", "div", "tr", "table", "thead", "tbody", "h1", "h2", "h3", "h4", "h5", "h6",
-    "section", "article", "header", "footer", "figure", "figcaption", "dl", "dt", "dd",
+    "p",
+    "div",
+    "tr",
+    "table",
+    "thead",
+    "tbody",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "figure",
+    "figcaption",
+    "dl",
+    "dt",
+    "dd",
 }
 _SKIP = {"script", "style", "head", "title"}
 _VOID = {"br", "img", "hr", "emoji", "input", "meta", "link", "source", "wbr"}

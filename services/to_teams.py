@@ -131,7 +131,9 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     if name == "message.created":
         await deliver_message(ctx, dest, portal, data["message"], conversation)
         if not data["message"].get("internal"):
-            await refresh_cards(ctx, dest, portal, conversation)  # the last reply time moved
+            # The last reply time moved: the notification card shows it to people outside the
+            # channel; the channel's own card is not worth a second Teams call per message.
+            await refresh_cards(ctx, dest, portal, conversation, channel_card=False)
     elif name in ("conversation.assigned", "conversation.unassigned"):
         await post_assignment(ctx, dest, portal, event)
         await refresh_cards(ctx, dest, portal, conversation)
@@ -296,13 +298,20 @@ def conversation_card(dest: Destination, portal: Portal, conversation: dict[str,
     )
 
 
-async def refresh_cards(ctx: BridgeContext, dest: Destination, portal: Portal, conversation: dict[str, Any]) -> None:
+async def refresh_cards(
+    ctx: BridgeContext,
+    dest: Destination,
+    portal: Portal,
+    conversation: dict[str, Any],
+    *,
+    channel_card: bool = True,
+) -> None:
     """Update the notification card (and the channel's opening card while the channel
     exists) in place, for everyone, instead of posting new noise. A card that is gone
     (deleted by a person) is left alone; throttling and outages are retried."""
     card = card_activity(conversation_card(dest, portal, conversation))
     targets = [(dest.notification_channel_id, portal.notice_activity_id)]
-    if portal.state != "closed":
+    if channel_card and portal.state != "closed":
         targets.append((portal.channel_id, portal.intro_activity_id))
     for channel_id, activity_id in targets:
         if not (channel_id and activity_id):

@@ -122,21 +122,6 @@ class Harness:
     def conversation_channel(self, number: int) -> dict[str, Any] | None:
         return next((c for c in self.ms.channels(self.team_id) if c["displayName"].split(" ")[0] == str(number)), None)
 
-    def channel_texts(self, channel_id: str) -> list[str]:
-        """What people see in a channel: each root post's text, or its card's text blocks."""
-        out = []
-        for post in self.ms.posts(channel_id):
-            if post["deleted"]:
-                continue
-            if post["text"]:
-                out.append(post["text"])
-            for att in post["attachments"] or []:
-                content = att.get("content")
-                if isinstance(content, str):
-                    content = json.loads(content)
-                out.append(json.dumps(content))
-        return out
-
     async def wait_channel(self, number: int, timeout: float = 15.0) -> dict[str, Any]:
         return await wait_for(lambda: self.conversation_channel(number), timeout, f"channel for #{number}")
 

@@ -31,17 +31,16 @@ async def _started(h, name: str):
     return conv, channel, notice[0]
 
 
-def _button(card, title: str) -> dict:
-    return next(a for a in card["actions"] if a["title"] == title)
+async def _press(h, notice, title: str, user) -> dict:
+    """``user`` presses the button called ``title`` on the notice card in General."""
+    button = next(a for a in _card(notice)["actions"] if a["title"] == title)
+    return await h.ms.press_button(h.team_id, h.team_id, notice["id"], user, verb=button["verb"], data=button["data"])
 
 
 async def test_assign_to_me_assigns_and_updates_the_card_for_everyone(connected):
     h = connected
     conv, channel, notice = await _started(h, "Quinn")
-    button = _button(_card(notice), "Assign to me")
-    result = await h.ms.press_button(
-        h.team_id, h.team_id, notice["id"], h.ada, verb=button["verb"], data=button["data"]
-    )
+    result = await _press(h, notice, "Assign to me", h.ada)
     assert result["status"] == 200
     assert result["body"]["type"] == "application/vnd.microsoft.card.adaptive"
     assert "Ada Agent (Agent)" in _text(result["body"]["value"])
@@ -56,10 +55,7 @@ async def test_assign_to_me_assigns_and_updates_the_card_for_everyone(connected)
 async def test_someone_who_is_not_an_agent_is_told_and_nothing_changes(connected):
     h = connected
     conv, _, notice = await _started(h, "Rita")
-    button = _button(_card(notice), "Assign to me")
-    result = await h.ms.press_button(
-        h.team_id, h.team_id, notice["id"], h.olly, verb=button["verb"], data=button["data"]
-    )
+    result = await _press(h, notice, "Assign to me", h.olly)
     assert result["body"]["type"] == "application/vnd.microsoft.activity.message"
     assert "Only neetoChat agents" in result["body"]["value"]
     assert h.neeto.conversation(WS, conv["id"])["assignee"] is None
@@ -68,10 +64,7 @@ async def test_someone_who_is_not_an_agent_is_told_and_nothing_changes(connected
 async def test_close_button_closes_deletes_the_channel_and_leaves_a_closed_card(connected):
     h = connected
     conv, _, notice = await _started(h, "Sam")
-    button = _button(_card(notice), "Close")
-    result = await h.ms.press_button(
-        h.team_id, h.team_id, notice["id"], h.ada, verb=button["verb"], data=button["data"]
-    )
+    result = await _press(h, notice, "Close", h.ada)
     assert result["status"] == 200
     assert h.neeto.conversation(WS, conv["id"])["status"] == "closed"
     assert h.conversation_channel(conv["number"]) is None

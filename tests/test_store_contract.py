@@ -405,16 +405,6 @@ async def test_workspace_put_get_replace(store: Store):
     assert (got.created_at, got.updated_at) == (5.0, 6.0)
 
 
-async def test_workspaces_for_team(store: Store):
-    await store.put_workspace(workspace("a", team_id="T1"))
-    await store.put_workspace(workspace("b", team_id="T1"))
-    await store.put_workspace(workspace("c", team_id="T2"))
-    await store.put_workspace(workspace("d"))
-    assert sorted(w.id for w in await store.workspaces_for_team("T1")) == ["a", "b"]
-    assert [w.id for w in await store.workspaces_for_team("T2")] == ["c"]
-    assert await store.workspaces_for_team("T3") == []
-
-
 async def test_delete_workspace_cascades(store: Store):
     await store.put_workspace(workspace("ws1"))
     await store.put_workspace(workspace("ws2"))

@@ -16,7 +16,7 @@ event, or a message written in Teams) processed in order per conversation.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -125,7 +125,6 @@ class JobCounts:
     done: int = 0
     dead: int = 0
     oldest_pending_at: float | None = None
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Store(abc.ABC):
@@ -155,9 +154,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_workspace(self, workspace_id: str) -> bool:
         """Remove the workspace, its portals, links and unfinished jobs. True if it existed."""
-
-    @abc.abstractmethod
-    async def workspaces_for_team(self, team_id: str) -> list[Workspace]: ...
 
     # installations -------------------------------------------------------------------
     @abc.abstractmethod

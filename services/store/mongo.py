@@ -154,10 +154,6 @@ class MongoStore(Store):
         await self.db.jobs.delete_many({"workspace_id": workspace_id, "status": "pending"})
         return result.deleted_count > 0
 
-    async def workspaces_for_team(self, team_id: str) -> list[Workspace]:
-        cursor = self.db.workspaces.find({"team_id": team_id}).sort("_id", ASCENDING)
-        return [_load(Workspace, doc, "id") async for doc in cursor]
-
     # installations -------------------------------------------------------------------
     async def put_installation(self, inst: Installation) -> None:
         doc = asdict(inst)
@@ -411,10 +407,7 @@ class MongoStore(Store):
         match: dict[str, Any] = {} if workspace_id is None else {"workspace_id": workspace_id}
         counts = JobCounts()
         async for doc in self.db.jobs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
-            if doc["_id"] in ("pending", "done", "dead"):
-                setattr(counts, doc["_id"], int(doc["n"]))
-            else:
-                counts.extra[str(doc["_id"])] = int(doc["n"])
+            setattr(counts, doc["_id"], int(doc["n"]))
         oldest = await self.db.jobs.find_one(
             {**match, "status": "pending"}, {"created_at": 1}, sort=[("created_at", ASCENDING)]
         )

@@ -299,10 +299,6 @@ class SqliteStore(Store):
             await db.execute("DELETE FROM jobs WHERE workspace_id = ? AND status = 'pending'", (workspace_id,))
         return existed
 
-    async def workspaces_for_team(self, team_id: str) -> list[Workspace]:
-        rows = await self._all("SELECT * FROM workspaces WHERE team_id = ? ORDER BY id", (team_id,))
-        return [_from_row(Workspace, r) for r in rows]
-
     # installations -------------------------------------------------------------------
     async def put_installation(self, inst: Installation) -> None:
         values = _row_values(inst)
@@ -508,10 +504,7 @@ class SqliteStore(Store):
         where, params = ("WHERE workspace_id = ?", (workspace_id,)) if workspace_id is not None else ("", ())
         counts = JobCounts()
         for status, n in await self._all(f"SELECT status, COUNT(*) FROM jobs {where} GROUP BY status", params):
-            if status in ("pending", "done", "dead"):
-                setattr(counts, status, int(n))
-            else:
-                counts.extra[status] = int(n)
+            setattr(counts, status, int(n))
         pending_where = f"{where} AND status = 'pending'" if where else "WHERE status = 'pending'"
         row = await self._one(f"SELECT MIN(created_at) FROM jobs {pending_where}", params)
         counts.oldest_pending_at = None if row is None or row[0] is None else float(row[0])

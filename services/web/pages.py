@@ -94,8 +94,11 @@ class Pages:
         expected = session.get("csrf") or ""
         sent = form.get("csrf_token") or ""
         if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
-            raise await self._refuse(request, 403, "This form has expired or did not come from this page. "
-                                     "Go back, reload the page and try again.")
+            raise await self._refuse(
+                request,
+                403,
+                "This form has expired or did not come from this page. Go back, reload the page and try again.",
+            )
         return form
 
     async def render(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -108,12 +111,24 @@ class Pages:
         response.headers["Referrer-Policy"] = "no-referrer"  # the signed link stays out of Referer headers
         return response
 
-    async def _refuse(self, request: web.Request, status: int, reason: str, *, ws: Workspace | None = None,
-                      sign_in_again: bool = False) -> web.HTTPException:
+    async def _refuse(
+        self,
+        request: web.Request,
+        status: int,
+        reason: str,
+        *,
+        ws: Workspace | None = None,
+        sign_in_again: bool = False,
+    ) -> web.HTTPException:
         """A plain page that says why; raised as an HTTP exception by callers that want to."""
         response = await self.render(
-            request, "message.html", status, heading="That did not work", message=reason,
-            neeto_url=_neeto_url(ws) if sign_in_again else "", sign_in_again=sign_in_again,
+            request,
+            "message.html",
+            status,
+            heading="That did not work",
+            message=reason,
+            neeto_url=_neeto_url(ws) if sign_in_again else "",
+            sign_in_again=sign_in_again,
         )
         return _AsException(response)
 
@@ -135,8 +150,11 @@ class Pages:
         except LinkRefused as exc:
             raise await self._refuse(request, 403, str(exc)) from None
         if self.settings.local_mode:
-            raise await self._refuse(request, 503, "Microsoft sign-in needs the bridge's Entra app "
-                                     "(MicrosoftAppId); this bridge runs in local mode.")
+            raise await self._refuse(
+                request,
+                503,
+                "Microsoft sign-in needs the bridge's Entra app (MicrosoftAppId); this bridge runs in local mode.",
+            )
         try:
             flow = await start_sign_in(self.settings)
         except SignInFailed as exc:
@@ -151,15 +169,26 @@ class Pages:
         session = await get_session(request)
         login = session.pop("login", None)  # single use: a replayed callback finds nothing
         if not login or time.time() - float(login.get("at", 0)) > LOGIN_MAX_AGE:
-            raise await self._refuse(request, 403, "This sign-in was not started in this browser, was already "
-                                     "used, or took too long. Open Teams from neetoChat again.")
+            raise await self._refuse(
+                request,
+                403,
+                "This sign-in was not started in this browser, was already "
+                "used, or took too long. Open Teams from neetoChat again.",
+            )
         try:
             user = await finish_sign_in(self.settings, login["flow"], dict(request.query))
         except SignInFailed as exc:
             raise await self._refuse(request, 403, str(exc)) from None
         ws_id = login["ws"]
-        session["signin"] = {"ws": ws_id, "oid": user.oid, "tid": user.tid, "email": user.email,
-                             "name": user.name, "token": self._keep_token(user), "at": time.time()}
+        session["signin"] = {
+            "ws": ws_id,
+            "oid": user.oid,
+            "tid": user.tid,
+            "email": user.email,
+            "name": user.name,
+            "token": self._keep_token(user),
+            "at": time.time(),
+        }
         session.pop("pending", None)
         ws = await self.ctx(request).store.get_workspace(ws_id)
         if ws and ws.team_id and (ws.authorizing_user or {}).get("aad_object_id") == user.oid:
@@ -172,15 +201,24 @@ class Pages:
         signin = session.get("signin")
         if not signin or signin.get("ws") != ws_id or time.time() - float(signin.get("at", 0)) > AUTH_MAX_AGE:
             ws = await self.ctx(request).store.get_workspace(ws_id) if ws_id else None
-            raise await self._refuse(request, 403, "You are not signed in for this workspace (or the sign-in "
-                                     "expired). Open Teams from neetoChat to sign in again.", ws=ws,
-                                     sign_in_again=True)
+            raise await self._refuse(
+                request,
+                403,
+                "You are not signed in for this workspace (or the sign-in "
+                "expired). Open Teams from neetoChat to sign in again.",
+                ws=ws,
+                sign_in_again=True,
+            )
         return signin, self._token(signin.get("token"))
 
     async def _user_teams(self, request: web.Request, signin: dict[str, Any], token: str | None):
         if token is None:
-            raise await self._refuse(request, 403, "Your Microsoft sign-in has expired. Open Teams from neetoChat "
-                                     "to sign in again.", sign_in_again=True)
+            raise await self._refuse(
+                request,
+                403,
+                "Your Microsoft sign-in has expired. Open Teams from neetoChat to sign in again.",
+                sign_in_again=True,
+            )
         try:
             return await joined_teams(self.settings, token)
         except RemoteError as exc:
@@ -230,16 +268,24 @@ class Pages:
         inst = await ctx.store.get_installation(pending["team"])
         if inst is None or not inst.installed:
             return await self.render(
-                request, "not_installed.html", workspace=ws_id, team_name=pending["name"],
+                request,
+                "not_installed.html",
+                workspace=ws_id,
+                team_name=pending["name"],
                 package_url="/teams/app-package" if self._package_error() is None else "",
                 deep_link=f"https://teams.microsoft.com/l/app/{quote(self.settings.app_id)}"
-                if self.settings.app_id else "",
+                if self.settings.app_id
+                else "",
             )
         if inst.tenant_id and inst.tenant_id != signin["tid"]:
             raise await self._refuse(request, 403, "That team belongs to another Microsoft 365 organization.")
         try:
             await link_team(
-                ctx, ws, team_id=inst.team_id, tenant_id=inst.tenant_id or signin["tid"], update_type=ws.update_type,
+                ctx,
+                ws,
+                team_id=inst.team_id,
+                tenant_id=inst.tenant_id or signin["tid"],
+                update_type=ws.update_type,
                 notification_channel_id=None,
                 user={"aad_object_id": signin["oid"], "email": signin["email"], "name": signin["name"]},
                 on_enqueued=self._wake(request),
@@ -267,12 +313,23 @@ class Pages:
         ws = await ctx.store.get_workspace(ws_id) if ws_id else None
         session = await get_session(request)
         grant = (session.get("auth") or {}).get(ws_id)
-        authorizing = ((ws.authorizing_user or {}).get("aad_object_id") if ws else None)
-        if (ws is None or not grant or not authorizing or grant.get("oid") != authorizing
-                or time.time() - float(grant.get("at", 0)) > AUTH_MAX_AGE):
-            raise await self._refuse(request, 403, "Only the person who linked this workspace to Teams, signed in "
-                                     "through neetoChat, can see these settings. Open Teams from neetoChat to sign "
-                                     "in again.", ws=ws, sign_in_again=True)
+        authorizing = (ws.authorizing_user or {}).get("aad_object_id") if ws else None
+        if (
+            ws is None
+            or not grant
+            or not authorizing
+            or grant.get("oid") != authorizing
+            or time.time() - float(grant.get("at", 0)) > AUTH_MAX_AGE
+        ):
+            raise await self._refuse(
+                request,
+                403,
+                "Only the person who linked this workspace to Teams, signed in "
+                "through neetoChat, can see these settings. Open Teams from neetoChat to sign "
+                "in again.",
+                ws=ws,
+                sign_in_again=True,
+            )
         inst = await ctx.store.get_installation(ws.team_id) if ws.team_id else None
         return ws, inst
 
@@ -282,9 +339,17 @@ class Pages:
             raise RemoteError("Graph", "the team's Microsoft 365 group id is not known yet", status=409)
         return await self.ctx(request).graph.for_tenant(ws.tenant_id or inst.tenant_id).list(group_id)
 
-    async def _settings(self, request: web.Request, ws: Workspace, inst: Installation | None, *,
-                        status: int = 200, error: str = "", notice: str = "",
-                        channels: list[ChannelInfo] | None = None) -> web.Response:
+    async def _settings(
+        self,
+        request: web.Request,
+        ws: Workspace,
+        inst: Installation | None,
+        *,
+        status: int = 200,
+        error: str = "",
+        notice: str = "",
+        channels: list[ChannelInfo] | None = None,
+    ) -> web.Response:
         graph_error = ""
         if inst is not None and channels is None:
             try:
@@ -295,8 +360,17 @@ class Pages:
         selected = ws.notification_channel_id or general
         options = sorted(channels or [], key=lambda c: (c.id != general, c.name.lower()))
         return await self.render(
-            request, "settings.html", status, ws=ws, installation=inst, channels=options, selected=selected,
-            general=general, update_types=UPDATE_TYPE_LABELS, error=error or graph_error, notice=notice,
+            request,
+            "settings.html",
+            status,
+            ws=ws,
+            installation=inst,
+            channels=options,
+            selected=selected,
+            general=general,
+            update_types=UPDATE_TYPE_LABELS,
+            error=error or graph_error,
+            notice=notice,
             user=ws.authorizing_user or {},
         )
 
@@ -321,11 +395,18 @@ class Pages:
         try:
             channels = await self._channels(request, ws, inst)
         except RemoteError as exc:
-            return await self._settings(request, ws, inst, status=502,
-                                        error=f"Not saved: the team's channels could not be listed: {exc}")
+            return await self._settings(
+                request, ws, inst, status=502, error=f"Not saved: the team's channels could not be listed: {exc}"
+            )
         if channel_id not in {c.id for c in channels}:
-            return await self._settings(request, ws, inst, status=400, channels=channels,
-                                        error="Not saved: that channel is not one of this team's channels.")
+            return await self._settings(
+                request,
+                ws,
+                inst,
+                status=400,
+                channels=channels,
+                error="Not saved: that channel is not one of this team's channels.",
+            )
         ws.notification_channel_id = channel_id
         ws.update_type = update_type
         ws.updated_at = time.time()
@@ -343,9 +424,13 @@ class Pages:
         session["auth"] = auth
         log.info("workspace %s unlinked from Teams through the settings page", ws.id)
         return await self.render(
-            request, "message.html", heading="Disconnected from Teams",
+            request,
+            "message.html",
+            heading="Disconnected from Teams",
             message="Nothing more is synced to Teams. Conversations and their history stay in neetoChat. "
-            "To link a team again, use Login to Teams in neetoChat.", neeto_url=_neeto_url(ws), sign_in_again=False,
+            "To link a team again, use Login to Teams in neetoChat.",
+            neeto_url=_neeto_url(ws),
+            sign_in_again=False,
         )
 
     # ------------------------------------------------------------------ app package
@@ -362,8 +447,11 @@ class Pages:
             data = package_bytes(build_manifest(self.settings.app_id, self.settings.public_url))
         except BuildError as exc:
             raise await self._refuse(request, 404, f"The app package cannot be built here: {exc}") from None
-        return web.Response(body=data, content_type="application/zip", headers={
-            "Content-Disposition": 'attachment; filename="neetoChat-teams-app.zip"'})
+        return web.Response(
+            body=data,
+            content_type="application/zip",
+            headers={"Content-Disposition": 'attachment; filename="neetoChat-teams-app.zip"'},
+        )
 
 
 def _neeto_url(ws: Workspace | None) -> str:
@@ -377,8 +465,11 @@ class _AsException(web.HTTPError):
 
     def __init__(self, response: web.Response) -> None:
         self.status_code = response.status
-        super().__init__(text=response.text, content_type="text/html", headers={
-            k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")})
+        super().__init__(
+            text=response.text,
+            content_type="text/html",
+            headers={k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")},
+        )
 
 
 WEB = web.AppKey("web", Pages)
