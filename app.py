@@ -33,6 +33,7 @@ from services.crypto import SecretBox, load_or_create_key
 from services.graph import GraphPool
 from services.jobs import JobRunner
 from services.metrics import Metrics
+from services.rate_limits import RateLimiter
 from services.store import Store, open_store
 from services.teams import TeamsPoster
 from services.web import setup_web
@@ -102,16 +103,25 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
             bot_config, credentials_factory=CachedCredentialFactory(settings, bot_config.VALIDATE_AUTHORITY)
         )
     )
+    limiter = RateLimiter()
+    poster = TeamsPoster(
+        adapter,
+        settings.app_id,
+        limiter,
+        thread_limits=settings.teams_thread_limits,
+        tenant_limits=settings.teams_tenant_limits,
+    )
     ctx = BridgeContext(
         settings=settings,
         store=store,
         box=box,
         http=http,
-        poster=TeamsPoster(adapter, settings.app_id),
-        graph=GraphPool(settings),
+        poster=poster,
+        graph=GraphPool(settings, limiter),
+        limiter=limiter,
     )
     metrics = Metrics()
-    runner = JobRunner(ctx, metrics, instance=settings.instance)
+    runner = JobRunner(ctx, metrics, instance=settings.instance, lease_seconds=settings.job_lease_seconds)
     app[RUNTIME] = Runtime(
         ctx=ctx,
         runner=runner,

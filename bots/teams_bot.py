@@ -16,11 +16,11 @@ from typing import Any
 from botbuilder.core import TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, ChannelAccount
-from botbuilder.schema.teams import TeamInfo
+from botbuilder.schema.teams import ChannelInfo, TeamInfo
 
 from dialogs.commands import parse_command
 from services.card_actions import handle_card_action
-from services.context import BridgeContext
+from services.context import BOT_REMOVED, BridgeContext
 from services.inbox import store_teams_work
 from services.store.base import Installation
 from services.teams_content import read_activity
@@ -65,6 +65,21 @@ class TeamsBot(TeamsActivityHandler):
         if any(m.id == turn_context.activity.recipient.id for m in teams_members_removed):
             await self._installed(turn_context, False)
 
+    async def on_teams_channel_deleted(
+        self, channel_info: ChannelInfo, team_info: TeamInfo, turn_context: TurnContext
+    ) -> None:
+        """A conversation's channel was deleted: a job (in the conversation's order, after
+        a close that may have caused it) gives it a new one if it is still open."""
+        portal = await self.store.get_portal_by_channel(channel_info.id)
+        if portal is None or portal.thread_id:
+            return
+        payload = {"channel_id": channel_info.id}
+        activity_id = turn_context.activity.id
+        if await store_teams_work(
+            self.store, "channel_deleted", portal.workspace_id, portal.conversation_id, activity_id, payload
+        ):
+            self.on_enqueued()
+
     async def _installed(self, turn_context: TurnContext, installed: bool) -> None:
         activity = turn_context.activity
         data = _channel_data(activity)
@@ -86,6 +101,16 @@ class TeamsBot(TeamsActivityHandler):
             )
         )
         log.info("bot %s team %s", "installed in" if installed else "removed from", team["id"])
+        if installed and previous is not None and not previous.installed:
+            await self._resume(team["id"], team.get("aadGroupId"))
+
+    async def _resume(self, team_id: str, group_id: str | None) -> None:
+        """Added back: what stopped because the bot was gone is delivered now, in order."""
+        for ws in await self.store.workspaces_linked_to([team_id, group_id or ""]):
+            replayed = await self.store.requeue_dead_jobs(ws.id, error_prefix=BOT_REMOVED)
+            if replayed:
+                log.info("bot back in team %s: replaying %d deliveries", team_id, replayed, extra={"workspace": ws.id})
+                self.on_enqueued()
 
     # messages --------------------------------------------------------------------------
     async def on_message_activity(self, turn_context: TurnContext) -> None:
@@ -96,7 +121,10 @@ class TeamsBot(TeamsActivityHandler):
         channel_id = (data.get("channel") or {}).get("id")
         if not channel_id:
             return  # 1:1 and group chats are not conversation channels
-        portal = await self.store.get_portal_by_channel(channel_id)
+        # A reply in a thread has ``;messageid=<root>`` in its conversation id: a conversation
+        # living as a thread of the notification channel is found by that root.
+        thread_id = (activity.conversation.id or "").partition(";messageid=")[2] or None
+        portal = await self.store.get_portal_by_channel(channel_id, thread_id)
         if portal is None or portal.state != "open":
             return  # a channel that is not a conversation's (e.g. General)
         # The text/html attachment when Teams sent one (mentions, emoji, quotes, images);

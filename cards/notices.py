@@ -117,3 +117,34 @@ def linked_html(workspace_name: str, user_name: str | None) -> str:
 def notice_html(text: str) -> str:
     """A plain bot notice (errors, refusals) with the text escaped."""
     return html.escape(text)
+
+
+def channel_recreated_html(number: Any, channel_name: str | None, channel_url: str | None) -> str:
+    """Told in the notification channel when someone deleted a conversation's channel."""
+    name = html.escape(channel_name or "a new channel")
+    where = f'<a href="{html.escape(channel_url)}">{name}</a>' if channel_url else f"<b>{name}</b>"
+    return (
+        f"🔁 The channel of conversation #{number} was deleted in Teams while the conversation is still open. "
+        f"It continues in {where}, with its history."
+    )
+
+
+def threaded_html(number: Any) -> str:
+    """The first reply of a conversation that lives as a thread (the team's channel cap)."""
+    return (
+        f"ℹ️ This team has reached Teams' limit of channels (1,000, counting channels deleted in the last "
+        f"30 days), so conversation #{number} continues in this thread instead of its own channel. "
+        "Replies here reach the visitor; <b>/close</b> closes it."
+    )
+
+
+def thread_closed_html(number: Any, actor: dict[str, Any] | None) -> str:
+    return f"✅ Conversation #{number} was closed by {_actor(actor)}."
+
+
+def undelivered_html(number: Any, what: str, reason: str) -> str:
+    """A neetoChat event that could not be shown in Teams, said where people will see it."""
+    return (
+        f"⚠️ Conversation #{html.escape(str(number))}: {html.escape(what)} could not be shown in Teams "
+        f"({html.escape(reason)}). It is kept as a dead letter; an operator can replay it."
+    )

@@ -20,7 +20,7 @@ from services.context import BridgeContext
 from services.errors import RemoteError
 from services.inbox import store_link_confirmation
 from services.neetochat import NeetoChatClient
-from services.store.base import Workspace
+from services.store.base import Installation, Workspace
 
 UPDATE_TYPES = ("new_conversations", "all_activity")
 
@@ -90,6 +90,20 @@ async def unlink_team(ctx: BridgeContext, ws: Workspace) -> Workspace:
     ws.updated_at = time.time()
     await ctx.store.put_workspace(ws)
     return ws
+
+
+def _link_problem(ws: Workspace, installation: Installation | None) -> str | None:
+    """What keeps the link from working, in words an operator can act on; None when fine."""
+    if not ws.team_id:
+        return None
+    if installation is None:
+        return "the bot has not been installed in the linked team yet: install the app in the team"
+    if not installation.installed:
+        return (
+            "the bot was removed from the linked team: deliveries are held (as failed) and are "
+            "replayed automatically when the app is added back to the team"
+        )
+    return None
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -257,6 +271,7 @@ class AdminApi:
                 or (installation.general_channel_id if installation else None),
                 "update_type": ws.update_type,
                 "authorizing_user": {"name": user.get("name"), "email": user.get("email")} if user else None,
+                "problem": _link_problem(ws, installation),
             },
             "open_links": await self.ctx.store.count_portals(ws.id, "open"),
             "deliveries": {

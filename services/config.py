@@ -14,6 +14,14 @@ from urllib.parse import urlparse
 
 from dotenv import load_dotenv
 
+from services.rate_limits import (
+    GRAPH_CHANNEL_CREATE_LIMITS,
+    TEAMS_TENANT_LIMITS,
+    TEAMS_THREAD_LIMITS,
+    Window,
+    parse_windows,
+)
+
 # Hosts that only the real Microsoft cloud serves. Local mode sends no tokens, so it must
 # never talk to them: an unauthenticated bot pointed at production would fail in confusing
 # ways or, worse, half-work.
@@ -52,6 +60,14 @@ class Settings:
     admin_token: str | None = None
     secret_key: str | None = None
     instance: str = "bridge"
+    # Teams' and Graph's published limits (services/rate_limits.py); overridable because
+    # Microsoft changes them now and then ("7/1,8/2,60/30,1800/3600").
+    teams_thread_limits: tuple[Window, ...] = TEAMS_THREAD_LIMITS
+    teams_tenant_limits: tuple[Window, ...] = TEAMS_TENANT_LIMITS
+    graph_channel_create_limits: tuple[Window, ...] = GRAPH_CHANNEL_CREATE_LIMITS
+    # How long a claimed job stays an instance's without a heartbeat: how soon another
+    # instance takes over the work of one that died.
+    job_lease_seconds: float = 60.0
 
     @property
     def local_mode(self) -> bool:
@@ -80,6 +96,10 @@ class Settings:
             admin_token=env.get("BRIDGE_ADMIN_TOKEN") or None,
             secret_key=env.get("SECRET_KEY") or None,
             instance=env.get("BRIDGE_INSTANCE") or socket.gethostname(),
+            teams_thread_limits=_limits(env, "TEAMS_THREAD_LIMITS", TEAMS_THREAD_LIMITS),
+            teams_tenant_limits=_limits(env, "TEAMS_TENANT_LIMITS", TEAMS_TENANT_LIMITS),
+            graph_channel_create_limits=_limits(env, "GRAPH_CHANNEL_CREATE_LIMITS", GRAPH_CHANNEL_CREATE_LIMITS),
+            job_lease_seconds=_positive(env, "JOB_LEASE_SECONDS", 60.0),
         )
         settings.validate()
         return settings
@@ -100,6 +120,25 @@ class Settings:
             raise ConfigError(
                 "SECRET_KEY is required when MicrosoftAppId is set (it encrypts stored secrets and signs cookies)"
             )
+
+
+def _positive(env: dict[str, str], name: str, default: float) -> float:
+    try:
+        value = float(env.get(name) or default)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _limits(env: dict[str, str], name: str, default: tuple[Window, ...]) -> tuple[Window, ...]:
+    if name not in env:
+        return default
+    try:
+        return parse_windows(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def is_microsoft_host(url: str) -> bool:

@@ -14,8 +14,13 @@ from services.config import Settings
 from services.crypto import SecretBox
 from services.graph import GraphPool
 from services.neetochat import NeetoChatClient
+from services.rate_limits import RateLimiter
 from services.store.base import Installation, Store, Workspace
 from services.teams import TeamsPoster
+
+# How a job that stopped because the bot is not in the team any more is recognised: it is
+# dead-lettered with this reason, and replayed when the bot is added back.
+BOT_REMOVED = "the bot was removed from the linked team"
 
 
 class NotLinked(Exception):
@@ -50,6 +55,7 @@ class BridgeContext:
     http: aiohttp.ClientSession
     poster: TeamsPoster
     graph: GraphPool
+    limiter: RateLimiter
     _clients: dict[str, tuple[str, NeetoChatClient]] = field(default_factory=dict)
 
     def neetochat(self, ws: Workspace) -> NeetoChatClient:
@@ -70,5 +76,5 @@ class BridgeContext:
         if inst is None:
             raise NotLinked("the bot has not been installed in the linked team yet")
         if not inst.installed:
-            raise NotLinked("the bot was removed from the linked team")
+            raise NotLinked(BOT_REMOVED)
         return Destination(ws, inst)

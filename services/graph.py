@@ -28,11 +28,15 @@ from msgraph.generated.models.channel import Channel
 from msgraph.generated.models.channel_membership_type import ChannelMembershipType
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.teams.item.channels.channels_request_builder import ChannelsRequestBuilder
+from msgraph.generated.teams.item.channels.item.messages.item.replies.replies_request_builder import (
+    RepliesRequestBuilder,
+)
 from msgraph.generated.teams.item.channels.item.messages.messages_request_builder import MessagesRequestBuilder
 from msgraph_core import GraphClientFactory
 
 from services.config import Settings, is_microsoft_host
 from services.errors import RemoteError, parse_retry_after
+from services.rate_limits import RateLimiter, Window
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 CARD_TYPE = "application/vnd.microsoft.card.adaptive"
@@ -95,8 +99,10 @@ def _graph_call() -> Iterator[None]:
 class GraphChannels:
     """Create, find and delete standard channels of a team (by its AAD group id)."""
 
-    def __init__(self, client: GraphServiceClient) -> None:
+    def __init__(self, client: GraphServiceClient, limiter: RateLimiter, create_limits: tuple[Window, ...]) -> None:
         self._client = client
+        self._limiter = limiter
+        self._create_limits = create_limits
 
     @property
     def client(self) -> GraphServiceClient:
@@ -109,8 +115,10 @@ class GraphChannels:
             description=description,
             membership_type=ChannelMembershipType.Standard,
         )
-        with _graph_call():
-            created = await self._client.teams.by_team_id(group_id).channels.post(body)
+        # Graph answers bursts of creates in one team with 429 or 502: shaped per team.
+        async with self._limiter.slot("Graph", [(f"channel-create:{group_id}", self._create_limits)]):
+            with _graph_call():
+                created = await self._client.teams.by_team_id(group_id).channels.post(body)
         return ChannelInfo(id=created.id, name=created.display_name, web_url=created.web_url)
 
     async def find_by_name(self, group_id: str, name: str) -> ChannelInfo | None:
@@ -142,17 +150,22 @@ class GraphChannels:
                 page = await channels.with_url(page.odata_next_link).get()
         return found
 
-    async def bot_posts_since(self, group_id: str, channel_id: str, app_id: str | None, since: float) -> list[BotPost]:
-        """The bot's root posts in a channel created at or after ``since`` (unix seconds).
+    async def bot_posts_since(
+        self, group_id: str, channel_id: str, app_id: str | None, since: float, thread_id: str | None = None
+    ) -> list[BotPost]:
+        """The bot's root posts in a channel (or its replies in thread ``thread_id``)
+        created at or after ``since`` (unix seconds).
 
         How a rerun learns whether an earlier attempt's post went through before the process
         died (the connector has no idempotency keys). Pages newest first and stops at the
         first page that reaches back past ``since``.
         """
         messages = self._client.teams.by_team_id(group_id).channels.by_channel_id(channel_id).messages
-        config = RequestConfiguration(
-            query_parameters=MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(top=50)
-        )
+        query = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(top=50)
+        if thread_id is not None:
+            messages = messages.by_chat_message_id(thread_id).replies
+            query = RepliesRequestBuilder.RepliesRequestBuilderGetQueryParameters(top=50)
+        config = RequestConfiguration(query_parameters=query)
         found: list[BotPost] = []
         with _graph_call():
             page = await messages.get(request_configuration=config)
@@ -173,6 +186,18 @@ class GraphChannels:
                 page = await messages.with_url(page.odata_next_link).get()
         return found
 
+    async def exists(self, group_id: str, channel_id: str) -> bool:
+        """Whether the channel is still there (a 404 from the connector may mean a deleted
+        channel or a deleted thread; Graph tells which)."""
+        try:
+            with _graph_call():
+                await self._client.teams.by_team_id(group_id).channels.by_channel_id(channel_id).get()
+        except RemoteError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def delete(self, group_id: str, channel_id: str) -> None:
         """Delete; a channel that is already gone counts as deleted."""
         try:
@@ -191,8 +216,9 @@ class GraphPool:
     token), with instance discovery off for authorities that are not Microsoft's.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limiter: RateLimiter) -> None:
         self._settings = settings
+        self._limiter = limiter
         self._pool: dict[str, GraphChannels] = {}
         self._credentials: list[ClientSecretCredential] = []
 
@@ -220,7 +246,11 @@ class GraphPool:
                 provider = AzureIdentityAuthenticationProvider(
                     credential, scopes=[GRAPH_SCOPE], allowed_hosts=[urlparse(settings.graph_base_url).hostname]
                 )
-            self._pool[key] = GraphChannels(build_graph_client(settings.graph_base_url, provider))
+            self._pool[key] = GraphChannels(
+                build_graph_client(settings.graph_base_url, provider),
+                self._limiter,
+                settings.graph_channel_create_limits,
+            )
         return self._pool[key]
 
     async def close(self) -> None:

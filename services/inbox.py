@@ -42,8 +42,9 @@ async def store_teams_work(
     activity_id: str,
     payload: dict[str, Any],
 ) -> bool:
-    """Store a message or command written in a conversation channel (``teams_message`` or
-    ``teams_close``); False if this activity was stored before (Teams redelivers)."""
+    """Store what a Teams activity asks of a conversation (``teams_message``,
+    ``teams_close``, ``channel_deleted``); False if this activity was stored before (Teams
+    redelivers)."""
     return await store.enqueue(
         Job(
             seq=0,

@@ -9,7 +9,18 @@ different conversations run concurrently, and a second bridge process, or this o
 A failed job is retried with exponential backoff and jitter, never sooner than the
 remote service's ``Retry-After``; failures that cannot succeed (4xx other than
 throttling), and jobs out of attempts, become dead letters with the reason, visible in the
-operator status, and for messages written in Teams also in the Teams thread.
+operator status and in Teams: in the thread of a message written there, in the
+notification channel for one that came from neetoChat.
+
+Throttling is not failure: a job our own shaping holds back (``rate_limits.Throttled``) or
+that Teams answered 429 with a ``Retry-After`` is put back for exactly that long without
+spending an attempt, so a sustained throttle delays messages but never dead-letters them.
+
+Several instances share one store: each beats in the store's instance table, which both
+tells each instance its share of Teams' rate limits and shows operators who is running.
+The heartbeat also renews the leases of running jobs; a job whose lease was lost (this
+instance stalled past it and another took the job over) is cancelled at once, and
+``fencing.check_lease`` stops it before any further post in the meantime.
 """
 
 from __future__ import annotations
@@ -23,9 +34,11 @@ import uuid
 from collections.abc import Callable
 
 from services import to_neetochat, to_teams
-from services.context import BridgeContext, NotLinked
+from services.context import BOT_REMOVED, BridgeContext, NotLinked
 from services.errors import RemoteError
+from services.fencing import LeaseLost, current_lease
 from services.metrics import Metrics
+from services.rate_limits import Throttled
 from services.store.base import Job
 
 log = logging.getLogger(__name__)
@@ -61,6 +74,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], int] = {}
+        self._lost: set[int] = set()  # jobs cancelled because another instance took them
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
 
@@ -72,6 +86,7 @@ class JobRunner:
         freed = await self.ctx.store.release_leases(f"{self.instance}/")
         if freed:
             log.info("resuming %d jobs left by an earlier run of instance %s", freed, self.instance)
+        await self._beat()
         self._task = asyncio.create_task(self._loop(), name="job-runner")
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="job-heartbeat")
 
@@ -87,14 +102,27 @@ class JobRunner:
                 await self._heartbeat_task
 
     async def _heartbeat(self) -> None:
-        """Keep the leases of running jobs alive, so only a dead owner loses them."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                seqs = list(self._in_flight.values())
-                await self.ctx.store.renew_leases(self.owner, seqs, self.clock() + self.lease_seconds)
+                await self._beat()
             except Exception:
-                log.exception("renewing leases failed")
+                log.exception("heartbeat failed")
+
+    async def _beat(self) -> None:
+        """Say this instance is alive, take its share of the rate limits, and keep the
+        leases of running jobs, cancelling those that were lost."""
+        store = self.ctx.store
+        now = self.clock()
+        await store.beat_instance(self.owner, now)
+        self.ctx.limiter.share = max(1, await store.live_instances(now - self.lease_seconds))
+        running = dict(self._in_flight)
+        held = set(await store.renew_leases(self.owner, list(running.values()), now + self.lease_seconds))
+        for task, seq in running.items():
+            if seq not in held and not task.done():
+                log.warning("lease on job %s lost to another instance: stopping it", seq)
+                self._lost.add(seq)
+                task.cancel()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -122,12 +150,23 @@ class JobRunner:
 
     async def _run(self, job: Job) -> None:
         extra = {"workspace": job.workspace_id, "job": job.seq, "kind": job.kind}
+        current_lease.set((job.seq, self.owner))
         try:
             await self._dispatch(job)
+        except LeaseLost:
+            log.warning("job %s given up: another instance holds it now", job.seq, extra=extra)
+        except asyncio.CancelledError:
+            if job.seq not in self._lost:
+                raise
+            self._lost.discard(job.seq)
         except (NotLinked, to_neetochat.Refused) as exc:
             await self._dead(job, str(exc))
         except RemoteError as exc:
-            if exc.retryable and job.attempts + 1 < self.max_attempts:
+            if await self._bot_removed(job, exc):
+                await self._dead(job, f"{BOT_REMOVED}: {exc}")
+            elif exc.status == 429 and exc.retry_after is not None:
+                await self._throttled(job, exc)
+            elif exc.retryable and job.attempts + 1 < self.max_attempts:
                 await self._retry(job, str(exc), exc.retry_after)
             else:
                 await self._dead(job, str(exc))
@@ -151,6 +190,8 @@ class JobRunner:
             await to_neetochat.send_message(self.ctx, ws, job.payload)
         elif job.kind == "teams_close":
             await to_neetochat.close_from_teams(self.ctx, ws, job.payload)
+        elif job.kind == "channel_deleted":
+            await to_teams.channel_gone(self.ctx, ws, job.payload)
         elif job.kind == "link_confirmation":
             await to_teams.confirm_link(self.ctx, ws, job.payload)
         else:
@@ -169,13 +210,40 @@ class JobRunner:
         self.metrics.jobs.labels(kind=job.kind, outcome="retried").inc()
         self._wake.set()
 
+    async def _throttled(self, job: Job, exc: RemoteError) -> None:
+        """Wait as long as asked (plus a little jitter, so waiters do not return in a
+        herd), without spending an attempt: throttling is not failure."""
+        delay = (exc.retry_after or 0.0) + (0.0 if isinstance(exc, Throttled) else random.random() * self.base_delay)
+        await self.ctx.store.retry_job(job.seq, self.owner, self.clock() + delay, str(exc), count_attempt=False)
+        self.metrics.jobs.labels(kind=job.kind, outcome="throttled").inc()
+        self._wake.set()
+
+    async def _bot_removed(self, job: Job, exc: RemoteError) -> bool:
+        """Teams refuses the bot in the team (403): removed without us hearing of it.
+        Mark the installation, so every job of the team stops at once with the reason and
+        the operator status shows it; adding the bot back replays them."""
+        if exc.service != "Teams" or exc.status != 403 or exc.code != "BotNotInConversationRoster":
+            return False
+        ws = await self.ctx.store.get_workspace(job.workspace_id)
+        inst = await self.ctx.store.get_installation(ws.team_id) if ws and ws.team_id else None
+        if inst is not None and inst.installed:
+            inst.installed = False
+            inst.updated_at = time.time()
+            await self.ctx.store.put_installation(inst)
+            log.error("Teams says the bot is no longer in team %s: delivery to it stopped", inst.team_id)
+        return True
+
     async def _dead(self, job: Job, reason: str) -> None:
         log.error("job %s dead: %s", job.seq, reason, extra={"workspace": job.workspace_id})
         await self.ctx.store.finish_job(job.seq, self.owner, "dead", reason)
         self.metrics.jobs.labels(kind=job.kind, outcome="dead").inc()
-        if job.kind in ("teams_message", "teams_close"):
-            what = "close the conversation" if job.kind == "teams_close" else "deliver this message to the visitor"
-            try:
+        if reason.startswith(BOT_REMOVED):
+            return  # nowhere in Teams to say it: the operator status does
+        try:
+            if job.kind in ("teams_message", "teams_close"):
+                what = "close the conversation" if job.kind == "teams_close" else "deliver this message to the visitor"
                 await to_neetochat.tell_thread(self.ctx, job.payload, f"⚠️ Could not {what}: {reason}")
-            except Exception:
-                log.exception("could not post the failure notice for job %s", job.seq)
+            elif job.kind == "neetochat_event":
+                await to_teams.tell_undelivered(self.ctx, job.workspace_id, job.payload, reason)
+        except Exception:
+            log.exception("could not post the failure notice for job %s", job.seq)

@@ -27,6 +27,7 @@ from botframework.connector import Channels
 from msrest.exceptions import ClientRequestError, HttpOperationError
 
 from services.errors import RemoteError, parse_retry_after
+from services.rate_limits import RateLimiter, Window
 
 
 def _remote_error(exc: Exception) -> RemoteError:
@@ -55,9 +56,34 @@ _CALL_ERRORS = (HttpOperationError, ClientRequestError, OSError, TimeoutError)
 class TeamsPoster:
     """Root posts, updates and deletes in Teams channels on behalf of the bot."""
 
-    def __init__(self, adapter: CloudAdapter, app_id: str) -> None:
+    def __init__(
+        self,
+        adapter: CloudAdapter,
+        app_id: str,
+        limiter: RateLimiter,
+        *,
+        thread_limits: tuple[Window, ...],
+        tenant_limits: tuple[Window, ...],
+    ) -> None:
         self._adapter = adapter
         self._app_id = app_id
+        self._limiter = limiter
+        self._thread_limits = thread_limits
+        self._tenant_limits = tenant_limits
+
+    def _slot(self, conversation_id: str, tenant_id: str | None):
+        """A token of the thread's and the tenant's limits for one connector call.
+
+        The thread is keyed by the channel, also for posts in a reply chain: Teams does not
+        say whether a reply chain is its own thread, and the stricter reading never 429s."""
+        channel_id = conversation_id.partition(";messageid=")[0]
+        return self._limiter.slot(
+            "Teams",
+            [
+                (f"thread:{channel_id}", self._thread_limits),
+                (f"tenant:{tenant_id or '-'}", self._tenant_limits),
+            ],
+        )
 
     async def post_to_channel(
         self, *, service_url: str, tenant_id: str | None, channel_id: str, activity: Activity
@@ -75,10 +101,13 @@ class TeamsPoster:
         async def capture(turn_context: TurnContext) -> None:
             result["id"] = turn_context.activity.id
 
-        try:
-            await self._adapter.create_conversation(self._app_id, capture, params, Channels.ms_teams, service_url, None)
-        except _CALL_ERRORS as exc:
-            raise _remote_error(exc) from exc
+        async with self._slot(channel_id, tenant_id):
+            try:
+                await self._adapter.create_conversation(
+                    self._app_id, capture, params, Channels.ms_teams, service_url, None
+                )
+            except _CALL_ERRORS as exc:
+                raise _remote_error(exc) from exc
         return result["id"]
 
     def thread_reference(
@@ -103,13 +132,13 @@ class TeamsPoster:
             activity.id = activity_id
             await turn_context.update_activity(activity)
 
-        await self._continue(reference, run)
+        await self._call(reference, run)
 
     async def delete(self, reference: dict[str, Any], activity_id: str) -> None:
         async def run(turn_context: TurnContext) -> None:
             await turn_context.delete_activity(activity_id)
 
-        await self._continue(reference, run)
+        await self._call(reference, run)
 
     async def reply(self, reference: dict[str, Any], activity: Activity) -> str:
         """Send into the conversation of ``reference`` (a thread when it names one)."""
@@ -119,7 +148,7 @@ class TeamsPoster:
             response = await turn_context.send_activity(activity)
             sent["id"] = response.id if response else ""
 
-        await self._continue(reference, run)
+        await self._call(reference, run)
         return sent["id"]
 
     async def member(self, reference: dict[str, Any], team_id: str, user_id: str) -> dict[str, Any]:
@@ -132,7 +161,7 @@ class TeamsPoster:
             account = await TeamsInfo.get_member(turn_context, user_id)
             found.update(account.serialize())
 
-        await self._continue(reference, run)
+        await self._call(reference, run)
         return found
 
     async def connector_authorization(self, reference: dict[str, Any]) -> str | None:
@@ -150,6 +179,12 @@ class TeamsPoster:
 
         await self._continue(reference, run)
         return found.get("authorization")
+
+    async def _call(self, reference: dict[str, Any], logic) -> None:
+        """``logic`` makes one connector call in the reference's conversation: shaped."""
+        conversation = reference.get("conversation") or {}
+        async with self._slot(conversation.get("id", ""), conversation.get("tenantId")):
+            await self._continue(reference, logic)
 
     async def _continue(self, reference: dict[str, Any], logic) -> None:
         ref = ConversationReference().deserialize(reference)

@@ -69,7 +69,9 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
     if link and link.neeto_message_id:
         return
     if link is None:
-        await ctx.store.add_message_link(MessageLink(ws.id, conversation_id, None, activity_id, "to_neetochat"))
+        channel_id = payload.get("channel_id")
+        link = MessageLink(ws.id, conversation_id, None, activity_id, "to_neetochat", channel_id=channel_id)
+        await ctx.store.add_message_link(link)
     text = payload.get("text") or ""
     if not text and not payload.get("attachments"):
         raise Refused("the message has nothing the visitor could be sent")

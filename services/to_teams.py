@@ -29,6 +29,7 @@ from cards.conversation import card_attachment, new_conversation_card
 from services.channel_names import channel_name
 from services.context import BridgeContext, Destination
 from services.errors import RemoteError
+from services.fencing import check_lease
 from services.graph import BotPost, GraphChannels
 from services.store.base import MessageLink, Portal, Workspace
 from services.teams_text import html_to_text
@@ -53,31 +54,43 @@ async def post_once(
     key: str,
     channel_id: str,
     activity: Activity,
+    *,
+    thread_id: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Post ``activity`` as a root post in ``channel_id`` unless ``key`` was posted before.
+    """Post ``activity`` in ``channel_id`` (a root post, or a reply in thread ``thread_id``)
+    unless ``key`` was posted before.
 
     The intent is recorded before posting. Finding an intent without an activity id means
     an earlier attempt died between posting and recording: Graph's list of the channel's
     posts tells whether that post exists, and it is adopted instead of posted again.
-    Returns the activity id and the reference of the thread the post starts.
+    Returns the activity id and the reference of the thread the post is in.
     """
     ws_id = dest.workspace.id
+    root = thread_id
+
+    def reference(activity_id: str) -> dict[str, Any]:
+        return ctx.poster.thread_reference(dest.service_url, dest.tenant_id, channel_id, root or activity_id)
+
     link = await ctx.store.get_link_by_neeto_id(ws_id, key)
     if link and link.teams_activity_id:
-        return link.teams_activity_id, ctx.poster.thread_reference(
-            dest.service_url, dest.tenant_id, channel_id, link.teams_activity_id
-        )
+        return link.teams_activity_id, reference(link.teams_activity_id)
     activity_id = None
     if link is None:
-        await ctx.store.add_message_link(MessageLink(ws_id, conversation_id, key, None, "to_teams"))
-    else:
-        activity_id = await _earlier_post(ctx, dest, channel_id, link, activity)
-    if activity_id is None:
-        activity_id = await ctx.poster.post_to_channel(
-            service_url=dest.service_url, tenant_id=dest.tenant_id, channel_id=channel_id, activity=activity
+        await ctx.store.add_message_link(
+            MessageLink(ws_id, conversation_id, key, None, "to_teams", channel_id=channel_id)
         )
+    else:
+        activity_id = await _earlier_post(ctx, dest, channel_id, thread_id, link, activity)
+    if activity_id is None:
+        await check_lease(ctx.store)
+        if thread_id is None:
+            activity_id = await ctx.poster.post_to_channel(
+                service_url=dest.service_url, tenant_id=dest.tenant_id, channel_id=channel_id, activity=activity
+            )
+        else:
+            activity_id = await ctx.poster.reply(reference(thread_id), activity)
     await ctx.store.complete_message_link(ws_id, neeto_message_id=key, teams_activity_id=activity_id)
-    return activity_id, ctx.poster.thread_reference(dest.service_url, dest.tenant_id, channel_id, activity_id)
+    return activity_id, reference(activity_id)
 
 
 def _graph(ctx: BridgeContext, dest: Destination) -> GraphChannels:
@@ -89,13 +102,18 @@ CLOCK_SKEW = 120.0
 
 
 async def _earlier_post(
-    ctx: BridgeContext, dest: Destination, channel_id: str, link: MessageLink, activity: Activity
+    ctx: BridgeContext,
+    dest: Destination,
+    channel_id: str,
+    thread_id: str | None,
+    link: MessageLink,
+    activity: Activity,
 ) -> str | None:
     """The id of a bot post identical to ``activity`` made since the intent and not yet
     linked to anything, or None."""
     group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
     posts = await _graph(ctx, dest).bot_posts_since(
-        group_id, channel_id, ctx.settings.app_id or None, link.created_at - CLOCK_SKEW
+        group_id, channel_id, ctx.settings.app_id or None, link.created_at - CLOCK_SKEW, thread_id
     )
     for post in posts:
         if _same_content(post, activity) and not await ctx.store.get_link_by_activity_id(dest.workspace.id, post.id):
@@ -125,20 +143,74 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     if name == "conversation.closed":
         await close_portal(ctx, dest, conversation, data.get("actor"))
         return
-    portal = await ensure_portal(ctx, dest, conversation["id"])
-    if portal is None or portal.state != "open":
+    try:
+        portal = await ensure_portal(ctx, dest, conversation["id"])
+        if portal is None or portal.state != "open":
+            return
+        if name == "message.created":
+            await deliver_message(ctx, dest, portal, data["message"], conversation)
+            if not data["message"].get("internal"):
+                # The last reply time moved: the notification card shows it to people outside
+                # the channel; the channel's own card is not worth a second Teams call per message.
+                await refresh_cards(ctx, dest, portal, conversation, channel_card=False)
+        elif name in ("conversation.assigned", "conversation.unassigned"):
+            await post_assignment(ctx, dest, portal, event)
+            await refresh_cards(ctx, dest, portal, conversation)
+        # conversation.created is fully handled by ensure_portal; the other events
+        # (edits, deletes, reopen) come with later features and change nothing here.
+    except RemoteError as exc:
+        if not (exc.service == "Teams" and exc.status == 404):
+            raise
+        portal = await ctx.store.get_portal(ws.id, conversation["id"])
+        if portal is None or not await _channel_missing(ctx, dest, portal):
+            raise
+        # Deleted without the bot hearing of it (channelDeleted missed): same as hearing it.
+        await channel_gone(ctx, ws, {"conversation_id": portal.conversation_id, "channel_id": portal.channel_id})
+        raise RemoteError("Teams", "the conversation channel had been deleted; retrying in its new one") from exc
+
+
+async def _channel_missing(ctx: BridgeContext, dest: Destination, portal: Portal) -> bool:
+    if portal.state != "open" or not portal.channel_id or portal.thread_id:
+        return False
+    group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
+    return not await _graph(ctx, dest).exists(group_id, portal.channel_id)
+
+
+async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """Someone deleted an open conversation's channel in Teams: give the conversation a new
+    channel with its whole history (the old posts went with the old channel) and say so in
+    the notification channel. Our own deletion on close lands here too, and is ignored
+    because the portal is closed by then (jobs of a conversation run in order)."""
+    dest = await ctx.destination(ws)
+    conv_id, gone = payload["conversation_id"], payload["channel_id"]
+    portal = await ctx.store.get_portal(ws.id, conv_id)
+    if portal is None or portal.state == "closed" or portal.thread_id:
         return
-    if name == "message.created":
-        await deliver_message(ctx, dest, portal, data["message"], conversation)
-        if not data["message"].get("internal"):
-            # The last reply time moved: the notification card shows it to people outside the
-            # channel; the channel's own card is not worth a second Teams call per message.
-            await refresh_cards(ctx, dest, portal, conversation, channel_card=False)
-    elif name in ("conversation.assigned", "conversation.unassigned"):
-        await post_assignment(ctx, dest, portal, event)
-        await refresh_cards(ctx, dest, portal, conversation)
-    # conversation.created is fully handled by ensure_portal; the other events
-    # (edits, deletes, reopen) come with later features and change nothing here.
+    if portal.channel_id == gone:
+        await ctx.store.forget_channel_links(ws.id, conv_id, gone)
+        await ctx.store.update_portal(
+            ws.id,
+            conv_id,
+            channel_id=None,
+            channel_name=None,
+            channel_url=None,
+            intro_activity_id=None,
+            conversation_reference=None,
+            backfilled=False,
+        )
+        log.warning("conversation channel %s was deleted in Teams: opening a new one", gone, extra={"workspace": ws.id})
+    conversation = await ctx.neetochat(ws).get_conversation(conv_id)
+    if conversation.get("status") == "closed":
+        await close_portal(ctx, dest, conversation, None)
+        return
+    portal = await ensure_portal(ctx, dest, conv_id)
+    if portal is None:
+        return
+    await refresh_cards(ctx, dest, portal, conversation)
+    if portal.thread_id:
+        return  # the channel cap was reached meanwhile: the thread's first reply says so
+    text = notices.channel_recreated_html(portal.number, portal.channel_name, portal.channel_url)
+    await post_once(ctx, dest, conv_id, f"moved:{conv_id}:{gone}", dest.notification_channel_id, html_activity(text))
 
 
 async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: str) -> Portal | None:
@@ -163,34 +235,84 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
         portal = Portal(ws_id, conv_id, conversation["number"], team_id=dest.workspace.team_id)
         await ctx.store.create_portal(portal)
     history = [m async for m in client.iter_messages(conv_id)]
-    if portal.channel_id is None:
-        portal = await _create_channel(ctx, dest, portal, conversation)
     first = next((m for m in history if _is_bridgeable(m) and m["sender"].get("type") == "visitor"), None)
     portal.first_message = first["body"] if first else None
-    card = conversation_card(dest, portal, conversation)
-    intro_id, reference = await post_once(
-        ctx, dest, conv_id, f"intro:{conv_id}", portal.channel_id, card_activity(card)
-    )
+    if portal.channel_id is None:
+        try:
+            portal = await _create_channel(ctx, dest, portal, conversation)
+        except ChannelCapReached as exc:
+            log.warning("no channel for conversation %s: %s", conv_id, exc, extra={"workspace": ws_id})
+    if portal.channel_id is None or portal.thread_id:
+        portal = await _open_thread(ctx, dest, portal, conversation)
+        intro_id = portal.intro_activity_id
+    else:
+        card = conversation_card(dest, portal, conversation)
+        intro_id, reference = await post_once(
+            ctx, dest, conv_id, f"intro:{conv_id}", portal.channel_id, card_activity(card)
+        )
+        notice_id, _ = await post_once(
+            ctx, dest, conv_id, f"notice:{conv_id}", dest.notification_channel_id, card_activity(card)
+        )
+        fields: dict[str, Any] = {
+            "intro_activity_id": intro_id,
+            "notice_activity_id": notice_id,
+            "conversation_reference": reference,
+            "first_message": portal.first_message,
+        }
+        await ctx.store.update_portal(ws_id, conv_id, **fields)
+        portal = replace(portal, **fields)
     if first:
-        # The intro card shows the first message: link it to the card (the suffix keeps the
+        # The card shows the first message: link it to the card (the suffix keeps the
         # activity id unique in the map) so the backfill below does not post it again.
-        await ctx.store.add_message_link(MessageLink(ws_id, conv_id, first["id"], f"{intro_id}#first", "to_teams"))
-    fields: dict[str, Any] = {
-        "intro_activity_id": intro_id,
-        "conversation_reference": reference,
-        "first_message": portal.first_message,
-    }
-    notice_id, _ = await post_once(
-        ctx, dest, conv_id, f"notice:{conv_id}", dest.notification_channel_id, card_activity(card)
-    )
-    fields["notice_activity_id"] = notice_id
-    await ctx.store.update_portal(ws_id, conv_id, **fields)
-    portal = replace(portal, **fields)
+        await ctx.store.add_message_link(
+            MessageLink(ws_id, conv_id, first["id"], f"{intro_id}#first", "to_teams", channel_id=portal.channel_id)
+        )
     for message in history:
-        await deliver_message(ctx, dest, portal, message, conversation)
+        await deliver_message(ctx, dest, portal, message, conversation, backfill=True)
     await ctx.store.update_portal(ws_id, conv_id, backfilled=True)
     portal.backfilled = True
     return portal
+
+
+async def _open_thread(ctx: BridgeContext, dest: Destination, portal: Portal, conversation: dict[str, Any]) -> Portal:
+    """The conversation as a thread in the notification channel (the team is at its channel
+    cap): the notification card is the thread's root, its first reply says why."""
+    ws_id, conv_id = portal.workspace_id, portal.conversation_id
+    card = conversation_card(dest, portal, conversation)
+    notice_id, reference = await post_once(
+        ctx, dest, conv_id, f"notice:{conv_id}", dest.notification_channel_id, card_activity(card)
+    )
+    fields: dict[str, Any] = {
+        "channel_id": dest.notification_channel_id,
+        "thread_id": notice_id,
+        "state": "open",
+        "intro_activity_id": notice_id,
+        "notice_activity_id": notice_id,
+        "conversation_reference": reference,
+        "first_message": portal.first_message,
+    }
+    await ctx.store.update_portal(ws_id, conv_id, **fields)
+    portal = replace(portal, **fields)
+    await post_once(
+        ctx,
+        dest,
+        conv_id,
+        f"threaded:{conv_id}",
+        portal.channel_id,
+        html_activity(notices.threaded_html(portal.number)),
+        thread_id=notice_id,
+    )
+    return portal
+
+
+class ChannelCapReached(Exception):
+    """Graph refuses a new channel: the team holds its maximum (deleted ones count)."""
+
+
+def _is_channel_cap(exc: RemoteError) -> bool:
+    # 403 "This team has exceeded the Max allowed channels"; older tenants said
+    # ResourceLimitExceeded (../docs: "Decisions", channel cap).
+    return exc.code == "ResourceLimitExceeded" or (exc.status == 403 and "max allowed channels" in str(exc).lower())
 
 
 async def _create_channel(
@@ -210,9 +332,12 @@ async def _create_channel(
         name = channel_name(conversation["number"], visitor.get("name"), visitor.get("email"), attempt)
         # Recorded first: if we crash after Graph made the channel, the rerun finds it.
         await ctx.store.update_portal(portal.workspace_id, portal.conversation_id, channel_name=name)
+        await check_lease(ctx.store)
         try:
             channel = await _graph(ctx, dest).create(group_id, name, description[:1024])
         except RemoteError as exc:
+            if _is_channel_cap(exc):
+                raise ChannelCapReached(str(exc)) from exc
             if exc.code != "NameAlreadyExists":
                 raise
             attempt += 1
@@ -232,14 +357,32 @@ async def deliver_message(
     portal: Portal,
     message: dict[str, Any],
     conversation: dict[str, Any],
+    *,
+    backfill: bool = False,
 ) -> None:
-    if not _is_bridgeable(message):
+    """Post one neetoChat message into the conversation's channel (or thread).
+
+    A message written in Teams is an echo and not posted, unless this is the backfill of
+    a channel that replaced a deleted one: its Teams post went with the old channel (its
+    link was forgotten), so the history shows it again."""
+    if message.get("internal"):
         return
     ws_id = dest.workspace.id
-    if message.get("external_id") and await ctx.store.get_link_by_activity_id(ws_id, message["external_id"]):
-        return  # an echo of a Teams message (belt and braces next to ``source``)
+    external = message.get("external_id")
+    if external and await ctx.store.get_link_by_activity_id(ws_id, external):
+        return  # an echo of a Teams message still in Teams
+    if message.get("source") == "teams" and not backfill:
+        return
     text = notices.message_html(message, conversation.get("url"))
-    await post_once(ctx, dest, portal.conversation_id, message["id"], portal.channel_id, html_activity(text))
+    await post_once(
+        ctx,
+        dest,
+        portal.conversation_id,
+        message["id"],
+        portal.channel_id,
+        html_activity(text),
+        thread_id=portal.thread_id,
+    )
 
 
 async def post_assignment(ctx: BridgeContext, dest: Destination, portal: Portal, event: dict[str, Any]) -> None:
@@ -251,9 +394,15 @@ async def post_assignment(ctx: BridgeContext, dest: Destination, portal: Portal,
     else:
         text = notices.unassigned_html(data["conversation"], data.get("previous_assignee"), data.get("actor"))
     await post_once(
-        ctx, dest, portal.conversation_id, f"event:{event['id']}:channel", portal.channel_id, html_activity(text)
+        ctx,
+        dest,
+        portal.conversation_id,
+        f"event:{event['id']}:channel",
+        portal.channel_id,
+        html_activity(text),
+        thread_id=portal.thread_id,
     )
-    if dest.workspace.update_type == "all_activity":
+    if dest.workspace.update_type == "all_activity" and not portal.thread_id:
         await post_once(
             ctx,
             dest,
@@ -278,8 +427,21 @@ async def close_portal(
         return
     if portal.state == "closed":
         return
-    if portal.channel_id:
+    if portal.thread_id:
+        # A thread in the notification channel: nothing to delete, say it in the thread.
+        text = notices.thread_closed_html(portal.number, actor)
+        await post_once(
+            ctx,
+            dest,
+            conversation_id,
+            f"closed:{conversation_id}",
+            portal.channel_id,
+            html_activity(text),
+            thread_id=portal.thread_id,
+        )
+    elif portal.channel_id:
         group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
+        await check_lease(ctx.store)
         await _graph(ctx, dest).delete(group_id, portal.channel_id)
     await ctx.store.update_portal(ws_id, conversation_id, state="closed")
     closed = replace(portal, state="closed")
@@ -311,7 +473,7 @@ async def refresh_cards(
     (deleted by a person) is left alone; throttling and outages are retried."""
     card = card_activity(conversation_card(dest, portal, conversation))
     targets = [(dest.notification_channel_id, portal.notice_activity_id)]
-    if channel_card and portal.state != "closed":
+    if channel_card and portal.state != "closed" and not portal.thread_id:
         targets.append((portal.channel_id, portal.intro_activity_id))
     for channel_id, activity_id in targets:
         if not (channel_id and activity_id):
@@ -337,4 +499,23 @@ async def confirm_link(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
         f"linked:{payload['link_id']}",
         dest.installation.general_channel_id,
         html_activity(text),
+    )
+
+
+async def tell_undelivered(ctx: BridgeContext, workspace_id: str, event: dict[str, Any], reason: str) -> None:
+    """A neetoChat event that died: say so in the notification channel, where the team
+    looks, so a visitor's message is never silently missing from Teams."""
+    ws = await ctx.store.get_workspace(workspace_id)
+    if ws is None:
+        return
+    dest = await ctx.destination(ws)
+    conversation = (event.get("data") or {}).get("conversation") or {}
+    what = "a message" if event.get("event") == "message.created" else f"an update ({event.get('event')})"
+    await post_once(
+        ctx,
+        dest,
+        conversation.get("id") or f"_workspace:{ws.id}",
+        f"undelivered:{event.get('id')}",
+        dest.notification_channel_id,
+        html_activity(notices.undelivered_html(conversation.get("number", "?"), what, reason)),
     )

@@ -34,6 +34,9 @@ async def bridge(request, sandbox, aiohttp_server, tmp_path):
     """The bridge in-process against the sandbox, on the embedded store and on MongoDB
     (mongomock-motor; a real server when MONGODB_URI is set); not yet connected."""
     env = bridge_env(sandbox.ms, tmp_path / "data")
+    marker = request.node.get_closest_marker("bridge_env")  # @pytest.mark.bridge_env(NAME="value")
+    if marker:
+        env.update(marker.kwargs)
     store = None
     if request.param == "mongo":
         uri = os.environ.get("MONGODB_URI")

@@ -7,6 +7,7 @@ import re
 
 from app import RUNTIME
 from services.graph import GraphChannels, build_graph_client
+from services.rate_limits import RateLimiter
 from tests.harness import WS, wait_for
 
 
@@ -265,7 +266,7 @@ async def test_removing_the_bot_stops_syncing_and_says_why(connected):
 async def test_a_taken_channel_name_gets_the_next_free_one(connected):
     h = connected
     number = 1042  # a new workspace's first conversation
-    graph = GraphChannels(build_graph_client(h.ms.graph_url))
+    graph = GraphChannels(build_graph_client(h.ms.graph_url), RateLimiter(), ())
     group = h.team["aadGroupId"]
     await graph.create(group, f"{number} Ned", "a channel someone made by hand")
     deleted = await graph.create(group, f"{number} Ned 2", "deleted, so its name stays taken for 30 days")
@@ -292,17 +293,3 @@ async def test_neetochat_attachments_show_as_links_with_name_type_and_size(conne
     url = h.neeto.messages(WS, conv["id"])[-1]["attachments"][0]["url"]
     assert f'<a href="{url}">invoice 7.pdf</a> (application/pdf, 2.7 KB)' in text
     assert "here is the invoice" in text
-
-
-async def test_a_full_team_is_reported_not_retried_forever(connected):
-    h = connected
-    h.ms.set_channel_cap(h.team_id, 1)  # only General fits
-    h.neeto.start_conversation(WS, visitor_name="Pia", visitor_email="pia@example.com", message="hello?")
-
-    async def dead():
-        _, body = await h.admin("GET", f"/api/admin/workspaces/{WS}")
-        return body["deliveries"]["failed"] == 1
-
-    await wait_for(dead, what="the failed channel creation in the status")
-    jobs = await h.app[RUNTIME].ctx.store.list_dead_jobs(WS)
-    assert "Max allowed channels" in jobs[0].last_error

@@ -76,6 +76,9 @@ class Portal:
     notice_activity_id: str | None = None  # the card in the notification channel
     intro_activity_id: str | None = None  # the card that opens the conversation channel
     first_message: str | None = None  # shown on the cards; kept so live updates need no lookup
+    # Set when the team is at Teams' channel cap: the conversation then lives as a thread
+    # in the notification channel (``channel_id``), started by this root post.
+    thread_id: str | None = None
     backfilled: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -95,6 +98,7 @@ class MessageLink:
     teams_activity_id: str | None
     direction: str  # "to_teams" or "to_neetochat"
     created_at: float = 0.0
+    channel_id: str | None = None  # where the Teams activity is: its links go when the channel does
 
 
 @dataclass
@@ -152,6 +156,10 @@ class Store(abc.ABC):
     async def get_workspace(self, workspace_id: str) -> Workspace | None: ...
 
     @abc.abstractmethod
+    async def workspaces_linked_to(self, team_ids: list[str]) -> list[Workspace]:
+        """Workspaces whose team is one of ``team_ids`` (a team's thread id and group id)."""
+
+    @abc.abstractmethod
     async def delete_workspace(self, workspace_id: str) -> bool:
         """Remove the workspace, its portals, links and unfinished jobs. True if it existed."""
 
@@ -173,8 +181,9 @@ class Store(abc.ABC):
     async def get_portal(self, workspace_id: str, conversation_id: str) -> Portal | None: ...
 
     @abc.abstractmethod
-    async def get_portal_by_channel(self, channel_id: str) -> Portal | None:
-        """The open portal whose Teams channel is ``channel_id``."""
+    async def get_portal_by_channel(self, channel_id: str, thread_id: str | None = None) -> Portal | None:
+        """The open portal of a Teams message: the one living as thread ``thread_id`` of
+        the channel if there is one, else the one that owns the whole channel."""
 
     @abc.abstractmethod
     async def update_portal(self, workspace_id: str, conversation_id: str, **fields: Any) -> None: ...
@@ -209,6 +218,11 @@ class Store(abc.ABC):
         links are found by activity id and get the neeto id.
         """
 
+    @abc.abstractmethod
+    async def forget_channel_links(self, workspace_id: str, conversation_id: str, channel_id: str) -> int:
+        """Drop the conversation's links to activities in ``channel_id`` (a channel someone
+        deleted: its posts are gone, and the new channel's backfill posts them again)."""
+
     # jobs ----------------------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, job: Job) -> bool:
@@ -225,13 +239,23 @@ class Store(abc.ABC):
         """Mark done/dead if ``owner`` still holds the lease (fencing). False otherwise."""
 
     @abc.abstractmethod
-    async def retry_job(self, seq: int, owner: str, next_attempt_at: float, error: str) -> bool:
-        """Release the lease, bump attempts, reschedule. False if the lease was lost."""
+    async def retry_job(
+        self, seq: int, owner: str, next_attempt_at: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
+        """Release the lease, reschedule, bump attempts unless ``count_attempt`` is False
+        (throttling: nothing failed, the job only waits its turn). False if the lease was lost."""
 
     @abc.abstractmethod
-    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> None:
+    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> list[int]:
         """Extend the leases ``owner`` still holds on ``seqs``: the heartbeat that keeps a
-        long job (a big backfill under throttling) from being taken over while it runs."""
+        long job (a big backfill under throttling) from being taken over while it runs.
+        Returns the seqs still held; the others were lost (taken over after expiry)."""
+
+    @abc.abstractmethod
+    async def lease_held(self, seq: int, owner: str, now: float) -> bool:
+        """Whether ``owner`` still holds an unexpired lease on job ``seq``: checked right
+        before every post to Teams, so an owner that stalled past its lease (and whose job
+        another instance took over) does not post as well."""
 
     @abc.abstractmethod
     async def release_leases(self, owner_prefix: str) -> int:
@@ -243,13 +267,25 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def beat_instance(self, owner: str, now: float) -> None:
+        """Record that bridge instance ``owner`` is alive (its heartbeat)."""
+
+    @abc.abstractmethod
+    async def live_instances(self, since: float) -> int:
+        """How many instances beat since ``since``: they share Teams' rate limits."""
+
+    @abc.abstractmethod
     async def job_counts(self, workspace_id: str | None = None) -> JobCounts: ...
 
     @abc.abstractmethod
     async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]: ...
 
     @abc.abstractmethod
-    async def requeue_dead_jobs(self, workspace_id: str, seqs: list[int] | None = None) -> int:
-        """Make dead jobs pending again (all of the workspace's, or those in ``seqs``), with
-        their attempts reset: the operator fixed the cause and replays them. Their last
-        error is kept until they run. Returns how many were requeued."""
+    async def requeue_dead_jobs(
+        self, workspace_id: str, seqs: list[int] | None = None, error_prefix: str | None = None
+    ) -> int:
+        """Make dead jobs pending again (all of the workspace's, or those in ``seqs``, or
+        those whose error starts with ``error_prefix``), with their attempts reset: the
+        operator fixed the cause and replays them, or the bridge does when the cause went
+        away (the bot was added back to the team). Their last error is kept until they run.
+        Returns how many were requeued."""

@@ -80,10 +80,18 @@ async def _migration_2(db: Any) -> None:
     await db.portals.update_many({"first_message": {"$exists": False}}, {"$set": {"first_message": None}})
 
 
+async def _migration_3(db: Any) -> None:
+    """Portals gained ``thread_id``, message links ``channel_id``; instances beat."""
+    await db.portals.update_many({"thread_id": {"$exists": False}}, {"$set": {"thread_id": None}})
+    await db.message_links.update_many({"channel_id": {"$exists": False}}, {"$set": {"channel_id": None}})
+    await db.instances.create_index([("seen_at", ASCENDING)], name="seen")
+
+
 # Numbered migrations, applied in order; never edit a released one, append.
 MIGRATIONS: list[tuple[int, Callable[[Any], Awaitable[None]]]] = [
     (1, _migration_1),
     (2, _migration_2),
+    (3, _migration_3),
 ]
 
 _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
@@ -147,6 +155,10 @@ class MongoStore(Store):
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
         return _load(Workspace, await self.db.workspaces.find_one({"_id": workspace_id}), "id")
 
+    async def workspaces_linked_to(self, team_ids: list[str]) -> list[Workspace]:
+        ids = [t for t in team_ids if t]
+        return [_load(Workspace, doc, "id") async for doc in self.db.workspaces.find({"team_id": {"$in": ids}})]
+
     async def delete_workspace(self, workspace_id: str) -> bool:
         result = await self.db.workspaces.delete_one({"_id": workspace_id})
         await self.db.portals.delete_many({"workspace_id": workspace_id})
@@ -184,11 +196,13 @@ class MongoStore(Store):
         doc = await self.db.portals.find_one({"workspace_id": workspace_id, "conversation_id": conversation_id})
         return _load(Portal, doc)
 
-    async def get_portal_by_channel(self, channel_id: str) -> Portal | None:
-        doc = await self.db.portals.find_one(
-            {"channel_id": {"$eq": channel_id, **_STRING}, "state": {"$ne": "closed"}},
-            sort=[("created_at", DESCENDING)],
-        )
+    async def get_portal_by_channel(self, channel_id: str, thread_id: str | None = None) -> Portal | None:
+        query = {"channel_id": {"$eq": channel_id, **_STRING}, "state": {"$ne": "closed"}}
+        doc = None
+        if thread_id is not None:
+            doc = await self.db.portals.find_one({**query, "thread_id": thread_id}, sort=[("created_at", DESCENDING)])
+        if doc is None:
+            doc = await self.db.portals.find_one({**query, "thread_id": None}, sort=[("created_at", DESCENDING)])
         return _load(Portal, doc)
 
     async def update_portal(self, workspace_id: str, conversation_id: str, **fields: Any) -> None:
@@ -262,6 +276,12 @@ class MongoStore(Store):
             # the other id is already linked to a different message: the unique index
             # keeps the first link, and this one stays incomplete.
             pass
+
+    async def forget_channel_links(self, workspace_id: str, conversation_id: str, channel_id: str) -> int:
+        result = await self.db.message_links.delete_many(
+            {"workspace_id": workspace_id, "conversation_id": conversation_id, "channel_id": channel_id}
+        )
+        return result.deleted_count
 
     # jobs ----------------------------------------------------------------------------
     async def _next_seq(self) -> int:
@@ -374,11 +394,13 @@ class MongoStore(Store):
         )
         return result.modified_count > 0
 
-    async def retry_job(self, seq: int, owner: str, next_attempt_at: float, error: str) -> bool:
+    async def retry_job(
+        self, seq: int, owner: str, next_attempt_at: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
         result = await self.db.jobs.update_one(
             {"_id": seq, "status": "pending", "lease_owner": owner},
             {
-                "$inc": {"attempts": 1},
+                "$inc": {"attempts": 1 if count_attempt else 0},
                 "$set": {
                     "next_attempt_at": next_attempt_at,
                     "last_error": error,
@@ -389,12 +411,24 @@ class MongoStore(Store):
         )
         return result.modified_count > 0
 
-    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> None:
-        if seqs:
-            await self.db.jobs.update_many(
-                {"_id": {"$in": seqs}, "status": "pending", "lease_owner": owner},
-                {"$set": {"lease_until": lease_until}},
-            )
+    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> list[int]:
+        if not seqs:
+            return []
+        held = {"_id": {"$in": seqs}, "status": "pending", "lease_owner": owner}
+        await self.db.jobs.update_many(held, {"$set": {"lease_until": lease_until}})
+        return [doc["_id"] async for doc in self.db.jobs.find(held, {"_id": 1})]
+
+    async def lease_held(self, seq: int, owner: str, now: float) -> bool:
+        doc = await self.db.jobs.find_one(
+            {"_id": seq, "status": "pending", "lease_owner": owner, "lease_until": {"$gt": now}}, {"_id": 1}
+        )
+        return doc is not None
+
+    async def beat_instance(self, owner: str, now: float) -> None:
+        await self.db.instances.update_one({"_id": owner}, {"$set": {"seen_at": now}}, upsert=True)
+
+    async def live_instances(self, since: float) -> int:
+        return int(await self.db.instances.count_documents({"seen_at": {"$gte": since}}))
 
     async def release_leases(self, owner_prefix: str) -> int:
         result = await self.db.jobs.update_many(
@@ -414,10 +448,14 @@ class MongoStore(Store):
         counts.oldest_pending_at = None if oldest is None else float(oldest["created_at"])
         return counts
 
-    async def requeue_dead_jobs(self, workspace_id: str, seqs: list[int] | None = None) -> int:
+    async def requeue_dead_jobs(
+        self, workspace_id: str, seqs: list[int] | None = None, error_prefix: str | None = None
+    ) -> int:
         query: dict[str, Any] = {"workspace_id": workspace_id, "status": "dead"}
         if seqs is not None:
             query["_id"] = {"$in": seqs}
+        if error_prefix is not None:
+            query["last_error"] = {"$regex": "^" + re.escape(error_prefix)}
         result = await self.db.jobs.update_many(
             query,
             {

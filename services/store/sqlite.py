@@ -129,6 +129,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (2, ["ALTER TABLE portals ADD COLUMN first_message TEXT"]),
+    (
+        3,
+        [
+            "ALTER TABLE portals ADD COLUMN thread_id TEXT",
+            "ALTER TABLE message_links ADD COLUMN channel_id TEXT",
+            "CREATE TABLE instances (owner TEXT PRIMARY KEY, seen_at REAL NOT NULL)",
+        ],
+    ),
 ]
 
 _JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload"}
@@ -289,6 +297,13 @@ class SqliteStore(Store):
     async def get_workspace(self, workspace_id: str) -> Workspace | None:
         return _from_row(Workspace, await self._one("SELECT * FROM workspaces WHERE id = ?", (workspace_id,)))
 
+    async def workspaces_linked_to(self, team_ids: list[str]) -> list[Workspace]:
+        ids = [t for t in team_ids if t]
+        if not ids:
+            return []
+        rows = await self._all(f"SELECT * FROM workspaces WHERE team_id IN ({','.join('?' * len(ids))})", ids)
+        return [_from_row(Workspace, r) for r in rows]
+
     async def delete_workspace(self, workspace_id: str) -> bool:
         async with self._transaction() as db:
             cursor = await db.execute("DELETE FROM workspaces WHERE id = ?", (workspace_id,))
@@ -332,10 +347,12 @@ class SqliteStore(Store):
         )
         return _from_row(Portal, row)
 
-    async def get_portal_by_channel(self, channel_id: str) -> Portal | None:
+    async def get_portal_by_channel(self, channel_id: str, thread_id: str | None = None) -> Portal | None:
         row = await self._one(
-            "SELECT * FROM portals WHERE channel_id = ? AND state != 'closed' ORDER BY created_at DESC LIMIT 1",
-            (channel_id,),
+            """SELECT * FROM portals WHERE channel_id = ? AND state != 'closed'
+                 AND (thread_id IS NULL OR thread_id = ?)
+               ORDER BY thread_id IS NULL, created_at DESC LIMIT 1""",
+            (channel_id, thread_id),
         )
         return _from_row(Portal, row)
 
@@ -413,6 +430,12 @@ class SqliteStore(Store):
             # keeps the first link, and this one stays incomplete.
             pass
 
+    async def forget_channel_links(self, workspace_id: str, conversation_id: str, channel_id: str) -> int:
+        return await self._write(
+            "DELETE FROM message_links WHERE workspace_id = ? AND conversation_id = ? AND channel_id = ?",
+            (workspace_id, conversation_id, channel_id),
+        )
+
     # jobs ----------------------------------------------------------------------------
     async def enqueue(self, job: Job) -> bool:
         values = _row_values(job)
@@ -475,23 +498,48 @@ class SqliteStore(Store):
         )
         return changed > 0
 
-    async def retry_job(self, seq: int, owner: str, next_attempt_at: float, error: str) -> bool:
+    async def retry_job(
+        self, seq: int, owner: str, next_attempt_at: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
         changed = await self._write(
-            """UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,
+            """UPDATE jobs SET attempts = attempts + ?, next_attempt_at = ?, last_error = ?,
                               lease_owner = NULL, lease_until = 0
                WHERE seq = ? AND status = 'pending' AND lease_owner = ?""",
-            (next_attempt_at, error, seq, owner),
+            (1 if count_attempt else 0, next_attempt_at, error, seq, owner),
         )
         return changed > 0
 
-    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> None:
+    async def renew_leases(self, owner: str, seqs: list[int], lease_until: float) -> list[int]:
         if not seqs:
-            return
+            return []
         marks = ",".join("?" * len(seqs))
-        await self._write(
-            f"UPDATE jobs SET lease_until = ? WHERE status = 'pending' AND lease_owner = ? AND seq IN ({marks})",
-            (lease_until, owner, *seqs),
+        async with self._transaction() as db:
+            await db.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE status = 'pending' AND lease_owner = ? AND seq IN ({marks})",
+                (lease_until, owner, *seqs),
+            )
+            rows = await db.execute_fetchall(
+                f"SELECT seq FROM jobs WHERE status = 'pending' AND lease_owner = ? AND seq IN ({marks})",
+                (owner, *seqs),
+            )
+        return [int(r[0]) for r in rows]
+
+    async def lease_held(self, seq: int, owner: str, now: float) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM jobs WHERE seq = ? AND status = 'pending' AND lease_owner = ? AND lease_until > ?",
+            (seq, owner, now),
         )
+        return row is not None
+
+    async def beat_instance(self, owner: str, now: float) -> None:
+        await self._write(
+            "INSERT INTO instances (owner, seen_at) VALUES (?, ?) ON CONFLICT(owner) DO UPDATE SET seen_at = ?",
+            (owner, now, now),
+        )
+
+    async def live_instances(self, since: float) -> int:
+        row = await self._one("SELECT COUNT(*) FROM instances WHERE seen_at >= ?", (since,))
+        return int(row[0]) if row else 0
 
     async def release_leases(self, owner_prefix: str) -> int:
         return await self._write(
@@ -510,7 +558,9 @@ class SqliteStore(Store):
         counts.oldest_pending_at = None if row is None or row[0] is None else float(row[0])
         return counts
 
-    async def requeue_dead_jobs(self, workspace_id: str, seqs: list[int] | None = None) -> int:
+    async def requeue_dead_jobs(
+        self, workspace_id: str, seqs: list[int] | None = None, error_prefix: str | None = None
+    ) -> int:
         sql = """UPDATE jobs SET status = 'pending', attempts = 0, next_attempt_at = 0, finished_at = NULL,
                                 lease_owner = NULL, lease_until = 0
                  WHERE workspace_id = ? AND status = 'dead'"""
@@ -520,6 +570,9 @@ class SqliteStore(Store):
                 return 0
             sql += f" AND seq IN ({','.join('?' * len(seqs))})"
             params += seqs
+        if error_prefix is not None:
+            sql += " AND substr(last_error, 1, ?) = ?"
+            params += [len(error_prefix), error_prefix]
         return await self._write(sql, params)
 
     async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]:
