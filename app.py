@@ -27,6 +27,7 @@ from botframework.connector.auth import AuthenticationConstants
 from bots.teams_bot import TeamsBot
 from services.admin import AdminApi
 from services.bot_auth import CachedCredentialFactory
+from services.card_refresh import CardRefresher
 from services.config import ConfigError, Settings
 from services.context import BridgeContext
 from services.crypto import SecretBox, load_or_create_key
@@ -119,6 +120,7 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         poster=poster,
         graph=GraphPool(settings, limiter),
         limiter=limiter,
+        cards=CardRefresher(poster.update),
     )
     metrics = Metrics()
     runner = JobRunner(ctx, metrics, instance=settings.instance, lease_seconds=settings.job_lease_seconds)
@@ -131,12 +133,14 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         admin=AdminApi(ctx, runner.wake),
         metrics=metrics,
     )
+    ctx.cards.start()
     await runner.start()
     log.info("bridge ready on port %s (%s mode)", settings.port, "local" if settings.local_mode else "authenticated")
     try:
         yield
     finally:
         await runner.stop()
+        await ctx.cards.stop()
         await ctx.graph.close()
         await http.close()
         await store.close()

@@ -63,7 +63,7 @@ async def handle_card_action(
         client = ctx.neetochat(ws)
         if verb == "assign_to_me":
             conversation = await client.assign_to_agent(portal.conversation_id, agent["id"], agent["id"])
-            await refresh_cards(ctx, dest, portal, conversation)
+            refresh_cards(ctx, dest, portal, conversation)
         else:
             conversation = await client.close_conversation(portal.conversation_id, agent["id"])
             await close_portal(ctx, dest, conversation, agent)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from services.card_refresh import CardRefresher
 from services.config import Settings
 from services.crypto import SecretBox
 from services.graph import GraphPool
@@ -56,6 +57,7 @@ class BridgeContext:
     poster: TeamsPoster
     graph: GraphPool
     limiter: RateLimiter
+    cards: CardRefresher
     _clients: dict[str, tuple[str, NeetoChatClient]] = field(default_factory=dict)
 
     def neetochat(self, ws: Workspace) -> NeetoChatClient:

@@ -112,14 +112,17 @@ class RateLimiter:
         return wait
 
     @contextlib.asynccontextmanager
-    async def slot(self, service: str, keys: Iterable[tuple[str, tuple[Window, ...]]]) -> AsyncIterator[None]:
+    async def slot(
+        self, service: str, keys: Iterable[tuple[str, tuple[Window, ...]]], max_wait: float | None = None
+    ) -> AsyncIterator[None]:
         """Hold one token of every key for the call made inside the block.
 
-        Waits up to ``max_wait`` for room; raises ``Throttled`` when the wait would be
-        longer, so a job does not sit on a worker for minutes (the hourly window)."""
+        Waits up to ``max_wait`` (default: the limiter's) for room; raises ``Throttled``
+        when the wait would be longer, so a job does not sit on a worker for minutes (the
+        hourly window). ``max_wait=0`` is for work that should only use spare room."""
         wanted = [(key, windows) for key, windows in keys if windows]
         buckets = [self._bucket(key, windows) for key, windows in wanted]
-        deadline = self._clock() + self.max_wait
+        deadline = self._clock() + (self.max_wait if max_wait is None else max_wait)
         async with self._changed:
             while True:
                 now = self._clock()

@@ -152,10 +152,10 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
             if not data["message"].get("internal"):
                 # The last reply time moved: the notification card shows it to people outside
                 # the channel; the channel's own card is not worth a second Teams call per message.
-                await refresh_cards(ctx, dest, portal, conversation, channel_card=False)
+                refresh_cards(ctx, dest, portal, conversation, channel_card=False)
         elif name in ("conversation.assigned", "conversation.unassigned"):
             await post_assignment(ctx, dest, portal, event)
-            await refresh_cards(ctx, dest, portal, conversation)
+            refresh_cards(ctx, dest, portal, conversation)
         # conversation.created is fully handled by ensure_portal; the other events
         # (edits, deletes, reopen) come with later features and change nothing here.
     except RemoteError as exc:
@@ -206,7 +206,7 @@ async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
     portal = await ensure_portal(ctx, dest, conv_id)
     if portal is None:
         return
-    await refresh_cards(ctx, dest, portal, conversation)
+    refresh_cards(ctx, dest, portal, conversation)
     if portal.thread_id:
         return  # the channel cap was reached meanwhile: the thread's first reply says so
     text = notices.channel_recreated_html(portal.number, portal.channel_name, portal.channel_url)
@@ -443,9 +443,17 @@ async def close_portal(
         group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
         await check_lease(ctx.store)
         await _graph(ctx, dest).delete(group_id, portal.channel_id)
-    await ctx.store.update_portal(ws_id, conversation_id, state="closed")
+    # The card turns closed (no buttons) directly, not through the coalescing refresher:
+    # before the state is saved, so a rerun after a failure does it again.
     closed = replace(portal, state="closed")
-    await refresh_cards(ctx, dest, closed, {**conversation, "status": "closed"})
+    card = card_activity(conversation_card(dest, closed, {**conversation, "status": "closed"}))
+    try:
+        await ctx.cards.update_now(f"{ws_id}:{conversation_id}", _card_targets(ctx, dest, closed), card)
+    except RemoteError as exc:
+        if exc.retryable:
+            raise
+        log.warning("closed card not shown: %s", exc, extra={"workspace": ws_id})  # deleted by a person
+    await ctx.store.update_portal(ws_id, conversation_id, state="closed")
     log.info("conversation channel deleted", extra={"workspace": ws_id, "conversation": conversation_id})
 
 
@@ -460,7 +468,22 @@ def conversation_card(dest: Destination, portal: Portal, conversation: dict[str,
     )
 
 
-async def refresh_cards(
+def _card_targets(
+    ctx: BridgeContext, dest: Destination, portal: Portal, *, channel_card: bool = True
+) -> list[tuple[dict, str]]:
+    """The conversation's cards: in the notification channel, and opening its channel."""
+    targets = []
+    cards = [(dest.notification_channel_id, portal.notice_activity_id)]
+    if channel_card and portal.state != "closed" and not portal.thread_id:
+        cards.append((portal.channel_id, portal.intro_activity_id))
+    for channel_id, activity_id in cards:
+        if channel_id and activity_id:
+            reference = ctx.poster.thread_reference(dest.service_url, dest.tenant_id, channel_id, activity_id)
+            targets.append((reference, activity_id))
+    return targets
+
+
+def refresh_cards(
     ctx: BridgeContext,
     dest: Destination,
     portal: Portal,
@@ -468,23 +491,11 @@ async def refresh_cards(
     *,
     channel_card: bool = True,
 ) -> None:
-    """Update the notification card (and the channel's opening card while the channel
-    exists) in place, for everyone, instead of posting new noise. A card that is gone
-    (deleted by a person) is left alone; throttling and outages are retried."""
+    """Ask for the conversation's cards to show its current state, in place, for everyone
+    (instead of posting new noise): coalesced and low priority (services/card_refresh.py)."""
     card = card_activity(conversation_card(dest, portal, conversation))
-    targets = [(dest.notification_channel_id, portal.notice_activity_id)]
-    if channel_card and portal.state != "closed" and not portal.thread_id:
-        targets.append((portal.channel_id, portal.intro_activity_id))
-    for channel_id, activity_id in targets:
-        if not (channel_id and activity_id):
-            continue
-        reference = ctx.poster.thread_reference(dest.service_url, dest.tenant_id, channel_id, activity_id)
-        try:
-            await ctx.poster.update(reference, activity_id, card)
-        except RemoteError as exc:
-            if exc.retryable:
-                raise
-            log.warning("card %s not updated: %s", activity_id, exc)
+    key = f"{dest.workspace.id}:{portal.conversation_id}"
+    ctx.cards.request(key, _card_targets(ctx, dest, portal, channel_card=channel_card), card)
 
 
 async def confirm_link(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
