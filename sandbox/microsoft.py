@@ -11,7 +11,11 @@ and a "Teams client" side that sends activities to the bot the way Teams does (i
 member updates, channel posts). State is in memory; ids look like Teams' own. The limits
 that bite in production are enforced (channel name rules, the channel cap counting deleted
 channels, names of deleted channels staying taken, message and card sizes, bot not in the
-team), and faults (throttling, 5xx, slow answers, dropped connections) can be injected.
+team), and so are Teams' published rate limits (sliding windows per thread, per tenant and
+per team for channel creation: see ``set_rate_limits``). Faults (throttling, 5xx, slow
+answers, dropped connections) can be injected one by one (``fail_next`` ...) or at random
+(``chaos``). Like Teams, the bot is told when a channel of its team is created or deleted,
+whether a person did it (``person_deletes_channel``) or an app through Graph.
 
 By default (local mode) ``Authorization`` headers are recorded in ``requests`` but not
 checked; ``require_tokens(identity)`` opts in to checking them against an
@@ -24,11 +28,14 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import mimetypes
+import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -51,6 +58,18 @@ MAX_CHANNEL_NAME = 50
 MAX_ACTIVITY_BYTES = 100 * 1024
 MAX_CARD_BYTES = 28 * 1024
 ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
+
+# Teams' published limits, as (count, seconds) sliding windows: a request is refused (429)
+# when ``count`` accepted requests with the same key already fall in the last ``seconds``.
+THREAD_RATE_LIMITS = ((7, 1), (8, 2), (60, 30), (1800, 3600))  # per bot per thread (channel)
+THREAD_ALL_RATE_LIMITS = ((14, 1),)  # per thread, all bots together
+TENANT_RATE_LIMITS = ((50, 1),)  # per app per tenant, every Bot Connector request
+CHANNEL_CREATE_RATE_LIMITS = ((4, 1),)  # Graph channel creation per team
+DEFAULT_RATE_LIMITS: dict[str, tuple[tuple[int, float], ...]] = {
+    "thread": THREAD_RATE_LIMITS, "thread_all": THREAD_ALL_RATE_LIMITS,
+    "tenant": TENANT_RATE_LIMITS, "channel_create": CHANNEL_CREATE_RATE_LIMITS,
+}
+CHAOS_STATUSES = (500, 502, 503, 504)
 
 _FORBIDDEN_NAME_CHARS = set("~#%&*{}+/\\:<>?|'\",")
 _RESERVED_NAMES = {"forms", "con", "conin$", "conout$", "prn", "aux", "nul", "desktop.ini"} | {
@@ -154,6 +173,109 @@ class _Fault:
         )
 
 
+class _SlidingWindows:
+    """Rate limits as sliding window logs: the times of the requests each key let through.
+
+    Kinds (``thread`` ...) each have their (count, seconds) limits; a request names the keys
+    it counts against and is let through only if every one of them has room, in which case
+    it is logged under all of them (a refused request is logged nowhere, so it does not
+    push the window further out)."""
+
+    def __init__(self) -> None:
+        self.limits: dict[str, tuple[tuple[int, float], ...]] = dict(DEFAULT_RATE_LIMITS)
+        self._logs: dict[tuple[str, str], list[float]] = {}
+
+    def set(self, kind: str, limits: Iterable[Iterable[float]]) -> None:
+        checked = []
+        for pair in limits:
+            count, seconds = _limit_pair(pair)
+            checked.append((count, seconds))
+        self.limits[kind] = tuple(checked)
+
+    def admit(self, keys: list[tuple[str, str]], now: float) -> tuple[str, str, int, float, float] | None:
+        """None if the request may go (and it is logged), else the limit that refuses it
+        longest: (kind, key, count, seconds, how long until its window has room)."""
+        worst: tuple[str, str, int, float, float] | None = None
+        for kind, key in keys:
+            log = self._window(kind, key, now)
+            for count, seconds in self.limits.get(kind, ()):
+                inside = log[bisect_right(log, now - seconds):]  # (now - seconds, now]
+                if len(inside) >= count:
+                    # Room comes back when all but count - 1 of them have left the window.
+                    wait = inside[len(inside) - count] + seconds - now
+                    if worst is None or wait > worst[4]:
+                        worst = (kind, key, count, seconds, wait)
+        if worst is None:
+            for kind, key in keys:
+                if self.limits.get(kind):
+                    self._logs.setdefault((kind, key), []).append(now)
+        return worst
+
+    def _window(self, kind: str, key: str, now: float) -> list[float]:
+        """The key's log, pruned to its kind's longest window (a disabled kind keeps none)."""
+        log = self._logs.get((kind, key), [])
+        longest = max((seconds for _, seconds in self.limits.get(kind, ())), default=None)
+        if longest is None:
+            self._logs.pop((kind, key), None)
+            return []
+        del log[:bisect_right(log, now - longest)]
+        return log
+
+
+def _limit_pair(pair: Any) -> tuple[int, float]:
+    try:
+        count, seconds = pair
+    except (TypeError, ValueError):
+        raise ValueError(f"a limit is a (count, seconds) pair, not {pair!r}") from None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"a limit's count must be a positive integer, not {count!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(f"a limit's window must be a positive number of seconds, not {seconds!r}")
+    return count, seconds
+
+
+@dataclass
+class _Chaos:
+    """Random faults: each matching request fails with ``probability`` (one of ``statuses``,
+    or a dropped connection if ``resets``) and, drawn separately, is delayed ``delay`` s."""
+
+    probability: float
+    statuses: tuple[int, ...]
+    resets: bool
+    delay: float
+    seed: int
+    path_contains: str | None
+    method: str | None
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def matches(self, request: web.Request) -> bool:
+        if request.path.startswith(CONTROL_PREFIX):  # else chaos could refuse being turned off
+            return False
+        if self.method and request.method.upper() != self.method.upper():
+            return False
+        return not self.path_contains or self.path_contains in request.path or (
+            self.path_contains in request.raw_path
+        )
+
+    def draw(self, request: web.Request) -> tuple[int | str | None, float]:
+        """(a status, ``"reset"`` or None; seconds of delay). Two draws per matching request
+        whatever comes out, so a seed gives the same faults for the same requests."""
+        if not self.matches(request):
+            return None, 0.0
+        fails, delayed = self.rng.random() < self.probability, self.rng.random() < self.probability
+        outcome: int | str | None = None
+        if fails:
+            outcome = self.rng.choice([*self.statuses, *(["reset"] if self.resets else [])])
+        return outcome, self.delay if delayed and self.delay > 0 else 0.0
+
+    def settings(self) -> dict[str, Any]:
+        return {"probability": self.probability, "statuses": list(self.statuses), "resets": self.resets,
+                "delay": self.delay, "seed": self.seed, "path_contains": self.path_contains, "method": self.method}
+
+
 class MicrosoftSandbox:
     """Graph + Bot Connector + a Teams client, sharing one in-memory tenant."""
 
@@ -173,8 +295,13 @@ class MicrosoftSandbox:
         self._last_activity_ms = 0
         self._faults: list[_Fault] = []
         self.requests: list[dict[str, Any]] = []
-        self.throttled_count = 0
+        self.throttled_count = 0  # every 429 answered: injected, chaos or rate limits
+        self.rate_limited: list[dict[str, Any]] = []  # the 429s the rate limits sent, one dict each
+        self._limits = _SlidingWindows()
+        self._chaos: _Chaos | None = None
         self.sent_to_bot: list[dict[str, Any]] = []
+        self._notifications: set[asyncio.Task[None]] = set()  # channel events on their way to the bot
+        self._last_notification: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._identity: IdentitySandbox | None = None  # set by require_tokens
         self._ams: dict[str, _Blob] = {}  # inline images by AMS object id
@@ -233,7 +360,8 @@ class MicrosoftSandbox:
         raise KeyError(team_id)
 
     def delete_channel(self, team_id: str, channel_id: str) -> None:
-        """A person deletes a channel in the Teams UI."""
+        """A channel is deleted and nobody tells the bot (``person_deletes_channel`` does
+        what Teams does: it tells the bot)."""
         channel = self.team(team_id).channels[channel_id]
         channel.deleted = self._clock()
 
@@ -318,6 +446,94 @@ class MicrosoftSandbox:
         """The next ``count`` matching requests get their connection closed, no answer."""
         self._faults.append(_Fault("reset", count, path_contains, method))
 
+    def chaos(self, probability: float, *, statuses: Iterable[int] = CHAOS_STATUSES, resets: bool = False,
+              delay: float = 0.0, seed: int = 0, path_contains: str | None = None,
+              method: str | None = None) -> None:
+        """Random faults from here on: each matching request, with ``probability``, answers
+        one of ``statuses`` (nothing performed, no Retry-After) or, if ``resets``, has its
+        connection dropped; independently, with the same probability, it first waits
+        ``delay`` seconds. Seeded, so a run can be replayed. ``chaos(0)`` turns it off.
+        Control routes (``/_sandbox``) are never affected; ``fail_next`` and friends win
+        over chaos for the requests they take."""
+        if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 <= probability <= 1:
+            raise ValueError(f"probability must be between 0 and 1, not {probability!r}")
+        statuses = tuple(statuses)
+        if any(isinstance(s, bool) or not isinstance(s, int) or not 400 <= s <= 599 for s in statuses):
+            raise ValueError(f"statuses must be HTTP error statuses, not {statuses!r}")
+        if not statuses and not resets:
+            raise ValueError("chaos needs statuses or resets")
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise ValueError(f"delay must be a number of seconds, not {delay!r}")
+        self._chaos = None if probability == 0 else _Chaos(
+            probability, statuses, resets, delay, seed, path_contains, method)
+
+    # ------------------------------------------------------------ rate limits
+
+    def set_rate_limits(
+        self, *, thread: Iterable[tuple[int, float]] | None = None,
+        thread_all: Iterable[tuple[int, float]] | None = None, tenant: Iterable[tuple[int, float]] | None = None,
+        channel_create: Iterable[tuple[int, float]] | None = None,
+    ) -> None:
+        """Replace some of Teams' limits, each a list of (count, seconds) windows: None
+        leaves one as it is, an empty list turns it off. ``thread``: the bot's connector
+        calls on one channel (create conversation, send, reply, update, delete, members);
+        ``thread_all``: the same calls of all bots together (there is only this one);
+        ``tenant``: every connector call of the app (but attachment downloads); and
+        ``channel_create``: Graph channel creations in one team. Defaults: the ``*_RATE_LIMITS``
+        constants, Microsoft's published numbers. Windows already logged are kept."""
+        wanted = {"thread": thread, "thread_all": thread_all, "tenant": tenant, "channel_create": channel_create}
+        checked = _SlidingWindows()
+        for kind, limits in wanted.items():
+            if limits is not None:
+                checked.set(kind, limits)  # all checked before any is changed
+        for kind, limits in wanted.items():
+            if limits is not None:
+                self._limits.limits[kind] = checked.limits[kind]
+
+    @property
+    def rate_limits(self) -> dict[str, list[tuple[int, float]]]:
+        """The limits in force, by kind."""
+        return {kind: list(limits) for kind, limits in self._limits.limits.items()}
+
+    async def _rate_limit_keys(self, request: web.Request) -> list[tuple[str, str]]:
+        """What a request counts against: connector calls (attachment downloads aside, which
+        Teams serves from elsewhere) against the tenant and, if they name a conversation,
+        its channel (``;messageid=`` stripped; for a new conversation, ``channelData``'s);
+        Graph channel creations against their team."""
+        resource = getattr(request.match_info.route, "resource", None)
+        route = resource.canonical if resource is not None else None
+        connector = CONNECTOR_PREFIX + "/v3/"
+        if request.path.startswith(connector) and not request.path.startswith(connector + "attachments/"):
+            keys = [("tenant", self.tenant_id)]
+            thread = None
+            if "conversation" in request.match_info:
+                thread = request.match_info["conversation"].partition(";messageid=")[0]
+            elif route == CONNECTOR_PREFIX + "/v3/conversations" and request.method == "POST":
+                thread = _new_conversation_channel(await request.read())
+            if thread:
+                keys += [("thread", thread), ("thread_all", thread)]
+            return keys
+        if route == GRAPH_PREFIX + "/teams/{group}/channels" and request.method == "POST":
+            return [("channel_create", request.match_info["group"])]
+        return []
+
+    async def _apply_rate_limits(self, request: web.Request, entry: dict[str, Any]) -> None:
+        """Let the request through or refuse it with Teams' 429 and ``Retry-After``."""
+        keys = await self._rate_limit_keys(request)
+        if not keys:
+            return
+        now = self._clock()
+        refused = self._limits.admit(keys, now)
+        if refused is None:
+            return
+        kind, key, count, seconds, wait = refused
+        retry_after = max(1, math.ceil(wait))
+        entry["rate_limited"] = kind
+        self.rate_limited.append({"kind": kind, "key": key, "time": now, "method": request.method,
+                                  "path": request.path, "retry_after": retry_after})
+        raise SandboxError(429, message=f"Too many requests: at most {count} per {seconds} s ({kind}).",
+                           headers={"Retry-After": str(retry_after)})
+
     def _take_fault(self, request: web.Request, kinds: tuple[str, ...]) -> _Fault | None:
         for fault in self._faults:
             if fault.kind in kinds and fault.matches(request):
@@ -368,6 +584,10 @@ class MicrosoftSandbox:
     async def _client_session(self, _app: web.Application) -> AsyncIterator[None]:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         yield
+        pending = list(self._notifications)  # the bot may be gone already: do not wait for it
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await self._session.close()
         self._session = None
 
@@ -377,17 +597,19 @@ class MicrosoftSandbox:
         entry: dict[str, Any] = {
             "method": request.method, "path": request.path, "query": dict(request.query),
             "status": None, "time": self._clock(), "authorization": request.headers.get("Authorization"),
-            "fault": None,
+            "fault": None, "rate_limited": None,
         }
         self.requests.append(entry)
+        chaos, chaos_delay = self._chaos.draw(request) if self._chaos else (None, 0.0)
         delay = self._take_fault(request, ("delay",))
-        if delay:
-            await asyncio.sleep(delay.seconds)
+        if delay or chaos_delay:
+            entry["fault"] = "delay"  # unless it also fails, below
+            await asyncio.sleep((delay.seconds if delay else 0.0) + chaos_delay)
         fault = self._take_fault(request, ("status", "reset"))
         try:
             if self._identity is not None:
                 self._check_token(request)
-            if fault and fault.kind == "reset":
+            if (fault and fault.kind == "reset") or (not fault and chaos == "reset"):
                 entry["fault"] = "reset"
                 if request.transport is not None:
                     request.transport.close()
@@ -396,6 +618,10 @@ class MicrosoftSandbox:
                 entry["fault"] = "status"
                 raise SandboxError(fault.status, headers=(
                     {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}))
+            if isinstance(chaos, int):
+                entry["fault"] = "status"
+                raise SandboxError(chaos)
+            await self._apply_rate_limits(request, entry)  # after faults: they do not count
             response = await handler(request)
         except SandboxError as exc:
             response = self._error_response(request, exc)
@@ -578,6 +804,7 @@ class MicrosoftSandbox:
             raise SandboxError(403, "Forbidden", "This team has exceeded the Max allowed channels")
         channel = Channel(id=fx.new_thread_id(), name=name, description=body.get("description"), created=self._clock())
         team.channels[channel.id] = channel
+        self._notify_in_background(team, channel, "channelCreated")
         payload = {"@odata.context": f"{self.graph_url}/$metadata#teams('{team.aad_group_id}')/channels/$entity",
                    **self._channel_json(team, channel)}
         return web.json_response(payload, status=201)
@@ -606,6 +833,7 @@ class MicrosoftSandbox:
         if channel.id == team.id:
             raise SandboxError(400, "BadRequest", "The General channel cannot be deleted.")
         channel.deleted = self._clock()
+        self._notify_in_background(team, channel, "channelDeleted")
         return web.Response(status=204)
 
     def _chat_message(self, team: Team, post: Post) -> dict[str, Any]:
@@ -995,6 +1223,56 @@ class MicrosoftSandbox:
         ]
         return [s["status"] for s in sent]
 
+    async def person_deletes_channel(self, team_id: str, channel_id: str, *, by_user: dict[str, Any]) -> int | None:
+        """A member deletes a channel in the Teams UI: it is deleted as ``delete_channel``
+        does and, if the bot is installed, Teams tells it (``conversationUpdate``,
+        ``channelDeleted``). Returns the bot's HTTP status (None: the bot is not installed)."""
+        team = self.team(team_id)
+        channel = team.channels[channel_id]
+        if by_user["aadObjectId"] not in team.members:
+            raise ValueError(f"{by_user['name']} is not a member of {team.name}")
+        if channel.id == team.id:
+            raise ValueError("the General channel cannot be deleted")
+        if channel.deleted is not None:
+            raise ValueError(f"channel {channel_id} is already deleted")
+        channel.deleted = self._clock()
+        if not team.bot_installed:
+            return None
+        return (await self._send_to_bot(self._channel_event(team, channel, "channelDeleted", by_user)))["status"]
+
+    def _channel_event(self, team: Team, channel: Channel, event_type: str,
+                       actor: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The channel event Teams sends; ``actor`` None: the app itself, through Graph."""
+        actor = actor or fx.bot_account(self.bot_id, self.bot_name)
+        return fx.channel_event_activity(event_type=event_type, activity_id=uuid.uuid4().hex,
+                                         channel={"id": channel.id, "name": channel.name},
+                                         **self._event_args(team, actor))
+
+    def _notify_in_background(self, team: Team, channel: Channel, event_type: str) -> None:
+        """Tell the bot about a change an app made through Graph, without holding up Graph's
+        answer (Teams does not wait for the bot either). Events reach the bot one at a time,
+        in the order they happened; ``drain_notifications`` waits for them."""
+        if not team.bot_installed:
+            return
+        activity = self._channel_event(team, channel, event_type)
+        task = asyncio.get_running_loop().create_task(self._deliver(activity, self._last_notification))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
+        self._last_notification = task
+
+    async def _deliver(self, activity: dict[str, Any], after: asyncio.Task[None] | None) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait([after])
+        try:
+            await self._send_to_bot(activity)
+        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:  # the bot is down: Teams gives up too
+            self.sent_to_bot.append({"activity": activity, "status": None, "body": None, "error": repr(exc)})
+
+    async def drain_notifications(self) -> None:
+        """Wait until every channel event sent in the background has been answered by the bot."""
+        while self._notifications:
+            await asyncio.gather(*self._notifications)
+
     async def press_button(
         self, team_id: str, channel_id: str, post_id: str, user: dict[str, Any], *, verb: str,
         data: dict[str, Any],
@@ -1063,6 +1341,11 @@ class MicrosoftSandbox:
             web.post(team + "/channels/{channel}/posts", self._http_user_posts),
             web.post(post + "/replies", self._http_user_replies),
             web.post(post + "/press", self._http_press_button),
+            web.post(team + "/channels/{channel}/delete", self._http_person_deletes_channel),
+            web.get(CONTROL_PREFIX + "/rate-limits", self._http_rate_limits),
+            web.put(CONTROL_PREFIX + "/rate-limits", self._http_set_rate_limits),
+            web.get(CONTROL_PREFIX + "/chaos", self._http_chaos),
+            web.put(CONTROL_PREFIX + "/chaos", self._http_set_chaos),
         ]
 
     def _http_user(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -1153,6 +1436,73 @@ class MicrosoftSandbox:
         except ValueError as exc:  # not a member
             raise SandboxError(403, "Forbidden", str(exc)) from None
         return web.json_response({"bot_status": result["status"], "bot_body": result["body"]})
+
+    async def _http_person_deletes_channel(self, request: web.Request) -> web.Response:
+        """``{"user"}``: a member deletes the channel; the bot hears ``channelDeleted``
+        (``bot_status`` null: it is not installed)."""
+        team, channel = self._http_channel(request)
+        user = self._http_user(await self._json_body(request))
+        try:
+            status = await self.person_deletes_channel(team.id, channel.id, by_user=user)
+        except ValueError as exc:  # not a member, General, already deleted
+            raise SandboxError(403, "Forbidden", str(exc)) from None
+        return web.json_response({"bot_status": status})
+
+    async def _http_rate_limits(self, request: web.Request) -> web.Response:
+        """The limits in force (``[[count, seconds], ...]`` by kind) and how many requests
+        they refused so far (``rate_limited``)."""
+        return web.json_response({**{kind: [list(pair) for pair in limits] for kind, limits in
+                                     self.rate_limits.items()}, "rate_limited": len(self.rate_limited)})
+
+    async def _http_set_rate_limits(self, request: web.Request) -> web.Response:
+        """``{"thread": [[7, 1], ...], ...}``: as ``set_rate_limits`` (absent or null: unchanged,
+        ``[]``: off); answers as GET does."""
+        body = await self._json_body(request)
+        unknown = set(body) - set(DEFAULT_RATE_LIMITS)
+        if unknown:
+            raise SandboxError(400, "BadArgument", f"Unknown limits: {', '.join(sorted(unknown))}.")
+        if any(v is not None and not isinstance(v, list) for v in body.values()):
+            raise SandboxError(400, "BadArgument", "Each limit is a list of [count, seconds] pairs.")
+        try:
+            self.set_rate_limits(**body)
+        except ValueError as exc:
+            raise SandboxError(400, "BadArgument", str(exc)) from None
+        return await self._http_rate_limits(request)
+
+    async def _http_chaos(self, request: web.Request) -> web.Response:
+        """The random faults in force (``{"probability": 0}`` when off)."""
+        return web.json_response(self._chaos.settings() if self._chaos else {"probability": 0})
+
+    async def _http_set_chaos(self, request: web.Request) -> web.Response:
+        """``{"probability", "statuses"?, "resets"?, "delay"?, "seed"?, "path_contains"?,
+        "method"?}``: as ``chaos``; ``{"probability": 0}`` turns it off."""
+        body = await self._json_body(request)
+        allowed = {"probability", "statuses", "resets", "delay", "seed", "path_contains", "method"}
+        if set(body) - allowed or "probability" not in body:
+            raise SandboxError(400, "BadArgument", f"probability is required; the others are {sorted(allowed)}.")
+        kwargs = dict(body)
+        try:
+            if not isinstance(kwargs.get("statuses", []), list) or not isinstance(kwargs.get("seed", 0), int) or any(
+                    kwargs.get(k) is not None and not isinstance(kwargs[k], str) for k in ("path_contains", "method")):
+                raise ValueError("statuses is a list; seed an integer; path_contains and method strings.")
+            if not isinstance(kwargs.get("resets", False), bool):
+                raise ValueError("resets is true or false.")
+            self.chaos(kwargs.pop("probability"), **kwargs)
+        except ValueError as exc:
+            raise SandboxError(400, "BadArgument", str(exc)) from None
+        return await self._http_chaos(request)
+
+
+def _new_conversation_channel(raw: bytes) -> str | None:
+    """``channelData.channel.id`` of a create-conversation body, if it has one."""
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        return None
+    channel_data = params.get("channelData") if isinstance(params, dict) else None
+    channel = channel_data.get("channel") if isinstance(channel_data, dict) else None
+    channel_id = channel.get("id") if isinstance(channel, dict) else None
+    return channel_id if isinstance(channel_id, str) and channel_id else None
 
 
 def _extension(content_type: str) -> str:

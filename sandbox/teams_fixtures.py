@@ -159,6 +159,36 @@ def members_update_activity(
     return activity
 
 
+CHANNEL_EVENT_TYPES = ("channelCreated", "channelDeleted", "channelRenamed", "channelRestored")
+
+
+def channel_event_activity(
+    *, event_type: str, activity_id: str, when: float, service_url: str, tenant_id: str,
+    team: dict[str, Any], channel: dict[str, Any], user: dict[str, Any], bot: dict[str, Any],
+) -> dict[str, Any]:
+    """``conversationUpdate`` telling the bot a channel of its team was created, deleted, ...
+
+    Teams sends it to every bot installed in the team, whoever made the change: a person in
+    the UI or an app through Graph. ``channel`` is ``{"id", "name"}``. ``user`` is who did
+    it: a person (``from`` then carries the AAD object id, as in the other events) or, when
+    an app did it through Graph, that app's Bot Framework account ``{"id": "28:<app id>",
+    "name"}`` (no AAD object id), which ``from`` carries as is. The conversation is the
+    team's (its General channel's thread id), not the channel's.
+    """
+    if event_type not in CHANNEL_EVENT_TYPES:
+        raise ValueError(f"unknown channel event {event_type!r}")
+    sender = user_account(user) if "aadObjectId" in user else {"id": user["id"], "name": user.get("name")}
+    return _base_activity(
+        "conversationUpdate", activity_id=activity_id, when=when, service_url=service_url,
+        sender=sender, bot=bot,
+        conversation=_channel_conversation(team["id"], tenant_id),
+        channel_data={
+            "channel": {"id": channel["id"], "name": channel["name"]}, "eventType": event_type,
+            "team": _team_ref(team), "tenant": {"id": tenant_id},
+        },
+    )
+
+
 def card_action_activity(
     *, when: float, service_url: str, tenant_id: str, team: dict[str, Any], channel_id: str, card_post_id: str,
     user: dict[str, Any], bot: dict[str, Any], verb: str, data: dict[str, Any],

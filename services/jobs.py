@@ -94,6 +94,7 @@ class JobRunner:
         """Stop claiming, let in-flight jobs finish (their leases protect the rest)."""
         self._stopping = True
         self._wake.set()
+        await self.ctx.limiter.close()  # jobs waiting for Teams' limits are put back, not waited for
         if self._task:
             await self._task
         if self._heartbeat_task:
@@ -235,8 +236,12 @@ class JobRunner:
 
     async def _dead(self, job: Job, reason: str) -> None:
         log.error("job %s dead: %s", job.seq, reason, extra={"workspace": job.workspace_id})
+        await self._tell_failure(job, reason)  # while the lease is held: the notice is fenced too
         await self.ctx.store.finish_job(job.seq, self.owner, "dead", reason)
         self.metrics.jobs.labels(kind=job.kind, outcome="dead").inc()
+
+    async def _tell_failure(self, job: Job, reason: str) -> None:
+        """Say it where people look; a notice that fails is logged, the dead letter stays."""
         if reason.startswith(BOT_REMOVED):
             return  # nowhere in Teams to say it: the operator status does
         try:

@@ -86,6 +86,13 @@ class RateLimiter:
         self.max_wait = max_wait  # longer waits are handed back to the job loop (Throttled)
         self.share = 1  # live bridge instances sharing the limits
         self.waits = 0  # times a call had to wait: the shaping doing its job (metrics)
+        self._closing = False
+
+    async def close(self) -> None:
+        """Shutting down: nobody waits for room any more (their jobs are put back)."""
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
 
     def _bucket(self, key: str, windows: tuple[Window, ...]) -> _Bucket:
         bucket = self._buckets.get(key)
@@ -132,7 +139,7 @@ class RateLimiter:
                 )
                 if wait <= 0:
                     break
-                if now >= deadline or (wait != math.inf and now + wait > deadline):
+                if self._closing or now >= deadline or (wait != math.inf and now + wait > deadline):
                     raise Throttled(service, key, 1.0 if wait == math.inf else wait)
                 self.waits += 1
                 # Woken early when a call ends (its token may be the one we wait for).
