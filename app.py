@@ -123,7 +123,13 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         cards=CardRefresher(poster.update),
     )
     metrics = Metrics()
-    runner = JobRunner(ctx, metrics, instance=settings.instance, lease_seconds=settings.job_lease_seconds)
+    runner = JobRunner(
+        ctx,
+        metrics,
+        instance=settings.instance,
+        lease_seconds=settings.job_lease_seconds,
+        concurrency=settings.delivery_concurrency,
+    )
     app[RUNTIME] = Runtime(
         ctx=ctx,
         runner=runner,

@@ -68,6 +68,8 @@ class Settings:
     # How long a claimed job stays an instance's without a heartbeat: how soon another
     # instance takes over the work of one that died.
     job_lease_seconds: float = 60.0
+    # Conversations one instance works on at once (each conversation stays in order).
+    delivery_concurrency: int = 16
 
     @property
     def local_mode(self) -> bool:
@@ -100,6 +102,7 @@ class Settings:
             teams_tenant_limits=_limits(env, "TEAMS_TENANT_LIMITS", TEAMS_TENANT_LIMITS),
             graph_channel_create_limits=_limits(env, "GRAPH_CHANNEL_CREATE_LIMITS", GRAPH_CHANNEL_CREATE_LIMITS),
             job_lease_seconds=_positive(env, "JOB_LEASE_SECONDS", 60.0),
+            delivery_concurrency=int(_positive(env, "DELIVERY_CONCURRENCY", 16)),
         )
         settings.validate()
         return settings

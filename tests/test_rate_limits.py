@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -107,3 +108,28 @@ def test_limits_are_read_from_the_environment_and_bad_ones_refused():
         Settings.from_env({**LOCAL, "TEAMS_TENANT_LIMITS": "fifty per second"})
     with pytest.raises(ConfigError, match="JOB_LEASE_SECONDS"):
         Settings.from_env({**LOCAL, "JOB_LEASE_SECONDS": "0"})
+
+
+async def test_a_job_taken_over_after_its_lease_expired_posts_nothing_more(tmp_path):
+    """Fencing: the stalled first owner finds out before its next post."""
+    from services.fencing import LeaseLost, check_lease, current_lease
+    from services.store.base import Job
+    from services.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "bridge.sqlite3"))
+    await store.open()
+    try:
+        await store.enqueue(Job(0, "neetochat_event", "ws", "ws:c1", "evt:1", {}))
+        now = time.time()
+        [job] = await store.claim_jobs("a/1", now=now, lease_seconds=60, limit=1)
+        current_lease.set((job.seq, "a/1"))
+        await check_lease(store)  # held: a may post
+        # a stalls past its lease; b claims the job a minute later
+        [taken] = await store.claim_jobs("b/1", now=now + 61, lease_seconds=60, limit=1)
+        assert taken.seq == job.seq
+        with pytest.raises(LeaseLost):
+            await check_lease(store)
+        assert await store.renew_leases("a/1", [job.seq], 200.0) == []  # a's heartbeat learns it too
+        assert not await store.finish_job(job.seq, "a/1", "done")
+    finally:
+        await store.close()
