@@ -8,8 +8,8 @@ would set the pace. So card updates are:
 
 - coalesced: only the newest wanted state of a card is kept; ten messages in a row give one
   update;
-- low priority: an update goes out only when its threads have room right now, so it never
-  makes a message wait for its turn;
+- low priority: an update goes out only when its threads have room right now, with room for
+  two more calls left over, so it never makes a message wait for its turn;
 - best effort: a card is not something a person wrote. A refresh still pending when the
   process stops is lost (the next message or assignment refreshes the card again), which
   is why closing a conversation updates its card directly (``update_now``).
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 YIELD_TO_MESSAGES = 0.25
 MAX_RETRIES = 5
 
-# TeamsPoster.update(reference, activity id, card, max_wait=...)
+# TeamsPoster.update(reference, activity id, card, background=...)
 Update = Callable[..., Awaitable[None]]
 
 
@@ -102,7 +102,7 @@ class CardRefresher:
         came) and return how long to pause."""
         for i, (reference, activity_id) in enumerate(refresh.targets):
             try:
-                await self._update(reference, activity_id, refresh.card, max_wait=0.0)  # spare room only
+                await self._update(reference, activity_id, refresh.card, background=True)  # spare room only
             except Throttled as exc:
                 refresh.targets = refresh.targets[i:]
                 self._pending.setdefault(key, refresh)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import time
@@ -75,6 +76,7 @@ class JobRunner:
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], int] = {}
         self._lost: set[int] = set()  # jobs cancelled because another instance took them
+        self._dues: list[float] = []  # heap: when retries this instance scheduled fall due
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
 
@@ -129,9 +131,10 @@ class JobRunner:
         while not self._stopping:
             free = self.concurrency - len(self._in_flight)
             jobs = []
+            looked_at = self.clock()
             if free > 0:
                 try:
-                    jobs = await self.ctx.store.claim_jobs(self.owner, self.clock(), self.lease_seconds, free)
+                    jobs = await self.ctx.store.claim_jobs(self.owner, looked_at, self.lease_seconds, free)
                 except Exception:  # the store is down: /readyz says so; keep trying
                     log.exception("claiming jobs failed")
             for job in jobs:
@@ -140,8 +143,14 @@ class JobRunner:
                 task.add_done_callback(self._done)
             if not jobs:
                 self._wake.clear()
+                # Poll, or look again when a job this instance put back falls due, if sooner.
+                while self._dues and self._dues[0] <= looked_at:  # those were claimable just now
+                    heapq.heappop(self._dues)
+                timeout = self.poll_interval
+                if self._dues:
+                    timeout = min(timeout, max(0.0, self._dues[0] - self.clock()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    await asyncio.wait_for(self._wake.wait(), timeout)
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
@@ -207,17 +216,23 @@ class JobRunner:
     async def _retry(self, job: Job, error: str, retry_after: float | None) -> None:
         delay = self.backoff(job.attempts, retry_after)
         log.warning("job %s retry in %.1fs: %s", job.seq, delay, error)
-        await self.ctx.store.retry_job(job.seq, self.owner, self.clock() + delay, error)
+        due = self.clock() + delay
+        await self.ctx.store.retry_job(job.seq, self.owner, due, error)
         self.metrics.jobs.labels(kind=job.kind, outcome="retried").inc()
+        self._due_at(due)
+
+    def _due_at(self, due: float) -> None:
+        heapq.heappush(self._dues, due)
         self._wake.set()
 
     async def _throttled(self, job: Job, exc: RemoteError) -> None:
         """Wait as long as asked (plus a little jitter, so waiters do not return in a
         herd), without spending an attempt: throttling is not failure."""
         delay = (exc.retry_after or 0.0) + (0.0 if isinstance(exc, Throttled) else random.random() * self.base_delay)
-        await self.ctx.store.retry_job(job.seq, self.owner, self.clock() + delay, str(exc), count_attempt=False)
+        due = self.clock() + delay
+        await self.ctx.store.retry_job(job.seq, self.owner, due, str(exc), count_attempt=False)
         self.metrics.jobs.labels(kind=job.kind, outcome="throttled").inc()
-        self._wake.set()
+        self._due_at(due)
 
     async def _bot_removed(self, job: Job, exc: RemoteError) -> bool:
         """Teams refuses the bot in the team (403): removed without us hearing of it.

@@ -101,13 +101,13 @@ class RateLimiter:
         bucket.windows = windows  # a changed setting applies from the next call
         return bucket
 
-    def _wait_for(self, bucket: _Bucket, now: float) -> float:
-        """Seconds until one more call fits every window of ``bucket``: 0 means now, inf
-        means not before a call in flight ends."""
+    def _wait_for(self, bucket: _Bucket, now: float, reserve: int = 0) -> float:
+        """Seconds until one more call fits every window of ``bucket`` with ``reserve``
+        tokens to spare: 0 means now, inf means not before a call in flight ends."""
         bucket.prune(now)
         wait = 0.0
         for count, seconds in bucket.windows:
-            allowed = max(1, count // self.share)
+            allowed = max(1, max(1, count // self.share) - reserve)
             first = bisect.bisect_right(bucket.ended, now - seconds)
             over = len(bucket.ended) - first + bucket.in_flight - allowed
             if over < 0:
@@ -120,13 +120,18 @@ class RateLimiter:
 
     @contextlib.asynccontextmanager
     async def slot(
-        self, service: str, keys: Iterable[tuple[str, tuple[Window, ...]]], max_wait: float | None = None
+        self,
+        service: str,
+        keys: Iterable[tuple[str, tuple[Window, ...]]],
+        max_wait: float | None = None,
+        reserve: int = 0,
     ) -> AsyncIterator[None]:
         """Hold one token of every key for the call made inside the block.
 
         Waits up to ``max_wait`` (default: the limiter's) for room; raises ``Throttled``
         when the wait would be longer, so a job does not sit on a worker for minutes (the
-        hourly window). ``max_wait=0`` is for work that should only use spare room."""
+        hourly window). Work that should only use spare room passes ``max_wait=0`` and a
+        ``reserve``: it goes only while that many more calls would still fit."""
         wanted = [(key, windows) for key, windows in keys if windows]
         buckets = [self._bucket(key, windows) for key, windows in wanted]
         deadline = self._clock() + (self.max_wait if max_wait is None else max_wait)
@@ -134,7 +139,10 @@ class RateLimiter:
             while True:
                 now = self._clock()
                 wait, key = max(
-                    ((self._wait_for(bucket, now), key) for bucket, (key, _) in zip(buckets, wanted, strict=True)),
+                    (
+                        (self._wait_for(bucket, now, reserve), key)
+                        for bucket, (key, _) in zip(buckets, wanted, strict=True)
+                    ),
                     default=(0.0, ""),
                 )
                 if wait <= 0:

@@ -71,7 +71,7 @@ class TeamsPoster:
         self._thread_limits = thread_limits
         self._tenant_limits = tenant_limits
 
-    def _slot(self, conversation_id: str, tenant_id: str | None, max_wait: float | None = None):
+    def _slot(self, conversation_id: str, tenant_id: str | None, background: bool = False):
         """A token of the thread's and the tenant's limits for one connector call.
 
         The thread is keyed by the channel, also for posts in a reply chain: Teams does not
@@ -83,7 +83,10 @@ class TeamsPoster:
                 (f"thread:{channel_id}", self._thread_limits),
                 (f"tenant:{tenant_id or '-'}", self._tenant_limits),
             ],
-            max_wait,
+            # background work (card refreshes) takes only room that stays spare: no waiting,
+            # and room for two more calls left over for the messages that may come
+            max_wait=0.0 if background else None,
+            reserve=2 if background else 0,
         )
 
     async def post_to_channel(
@@ -129,13 +132,13 @@ class TeamsPoster:
         ).serialize()
 
     async def update(
-        self, reference: dict[str, Any], activity_id: str, activity: Activity, *, max_wait: float | None = None
+        self, reference: dict[str, Any], activity_id: str, activity: Activity, *, background: bool = False
     ) -> None:
         async def run(turn_context: TurnContext) -> None:
             activity.id = activity_id
             await turn_context.update_activity(activity)
 
-        await self._call(reference, run, max_wait)
+        await self._call(reference, run, background)
 
     async def delete(self, reference: dict[str, Any], activity_id: str) -> None:
         async def run(turn_context: TurnContext) -> None:
@@ -183,10 +186,10 @@ class TeamsPoster:
         await self._continue(reference, run)
         return found.get("authorization")
 
-    async def _call(self, reference: dict[str, Any], logic, max_wait: float | None = None) -> None:
+    async def _call(self, reference: dict[str, Any], logic, background: bool = False) -> None:
         """``logic`` makes one connector call in the reference's conversation: shaped."""
         conversation = reference.get("conversation") or {}
-        async with self._slot(conversation.get("id", ""), conversation.get("tenantId"), max_wait):
+        async with self._slot(conversation.get("id", ""), conversation.get("tenantId"), background):
             await self._continue(reference, logic)
 
     async def _continue(self, reference: dict[str, Any], logic) -> None:

@@ -31,6 +31,7 @@ from services.context import BridgeContext, Destination
 from services.errors import RemoteError
 from services.fencing import check_lease
 from services.graph import BotPost, GraphChannels
+from services.rate_limits import Throttled
 from services.store.base import MessageLink, Portal, Workspace
 from services.teams_text import html_to_text
 
@@ -83,12 +84,17 @@ async def post_once(
         activity_id = await _earlier_post(ctx, dest, channel_id, thread_id, link, activity)
     if activity_id is None:
         await check_lease(ctx.store)
-        if thread_id is None:
-            activity_id = await ctx.poster.post_to_channel(
-                service_url=dest.service_url, tenant_id=dest.tenant_id, channel_id=channel_id, activity=activity
-            )
-        else:
-            activity_id = await ctx.poster.reply(reference(thread_id), activity)
+        try:
+            if thread_id is None:
+                activity_id = await ctx.poster.post_to_channel(
+                    service_url=dest.service_url, tenant_id=dest.tenant_id, channel_id=channel_id, activity=activity
+                )
+            else:
+                activity_id = await ctx.poster.reply(reference(thread_id), activity)
+        except Throttled:
+            # Our shaping held it back: nothing went out, so the rerun need not ask Graph.
+            await ctx.store.drop_intent(ws_id, key)
+            raise
     await ctx.store.complete_message_link(ws_id, neeto_message_id=key, teams_activity_id=activity_id)
     return activity_id, reference(activity_id)
 

@@ -130,5 +130,9 @@ async def test_a_message_teams_refuses_for_good_is_reported_in_the_notification_
         what="the failure notice in General",
     )
     assert f"#{conv['number']}" in notice["text"]
-    _, dead = await h.admin("GET", f"/api/admin/workspaces/{WS}/dead-letters")
-    assert len(dead["dead_letters"]) == 1
+    async def dead_letters():
+        _, body = await h.admin("GET", f"/api/admin/workspaces/{WS}/dead-letters")
+        return body["dead_letters"]
+
+    [dead] = await wait_for(dead_letters, what="the dead letter")  # recorded right after the notice
+    assert "400" in dead["reason"]

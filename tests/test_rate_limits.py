@@ -133,3 +133,15 @@ async def test_a_job_taken_over_after_its_lease_expired_posts_nothing_more(tmp_p
         assert not await store.finish_job(job.seq, "a/1", "done")
     finally:
         await store.close()
+
+
+async def test_background_work_leaves_room_for_messages():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    await _calls(limiter, clock, ((7, 1.0),), 4)
+    async with limiter.slot("Teams", [("thread:a", ((7, 1.0),))], max_wait=0.0, reserve=2):
+        pass  # 5th call: two still fit after it
+    with pytest.raises(Throttled):
+        async with limiter.slot("Teams", [("thread:a", ((7, 1.0),))], max_wait=0.0, reserve=2):
+            pass
+    assert await _calls(limiter, clock, ((7, 1.0),), 2) == [clock.now] * 2  # the reserve is the messages'

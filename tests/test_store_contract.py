@@ -541,6 +541,7 @@ async def main(path, owner):
             continue
         for job in jobs:
             stamp = time.monotonic_ns()  # taken while the lease is still held
+            await asyncio.sleep(0.002)  # the work: real jobs take a moment, so both workers get some
             ok = await store.finish_job(job.seq, owner, "done")
             finished.append([job.seq, job.partition, stamp, ok])
     await store.close()
@@ -612,3 +613,89 @@ async def test_sqlite_claims_across_processes(tmp_path):
     counts = await s.job_counts()
     assert (counts.pending, counts.done) == (0, 200)
     await s.close()
+
+
+# the delivery engine's store operations ----------------------------------------------
+
+
+async def test_a_held_back_intent_is_dropped_but_a_completed_link_never(store: Store):
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n1", None, "to_teams", channel_id="ch1"))
+    assert await store.add_message_link(MessageLink("ws1", "c1", "n2", "t2", "to_teams", channel_id="ch1"))
+    assert await store.drop_intent("ws1", "n1")
+    assert await store.get_link_by_neeto_id("ws1", "n1") is None
+    assert not await store.drop_intent("ws1", "n2")
+    assert (await store.get_link_by_neeto_id("ws1", "n2")).teams_activity_id == "t2"
+
+
+async def test_links_of_a_deleted_channel_are_forgotten_and_only_those(store: Store):
+    await store.add_message_link(MessageLink("ws1", "c1", "n1", "t1", "to_teams", channel_id="old"))
+    await store.add_message_link(MessageLink("ws1", "c1", None, "t2", "to_neetochat", channel_id="old"))
+    await store.add_message_link(MessageLink("ws1", "c1", "notice:c1", "t3", "to_teams", channel_id="general"))
+    await store.add_message_link(MessageLink("ws1", "c2", "n4", "t4", "to_teams", channel_id="old"))
+    assert await store.forget_channel_links("ws1", "c1", "old") == 2
+    assert await store.get_link_by_neeto_id("ws1", "n1") is None
+    assert await store.get_link_by_activity_id("ws1", "t2") is None
+    assert await store.get_link_by_neeto_id("ws1", "notice:c1") is not None
+    assert await store.get_link_by_neeto_id("ws1", "n4") is not None
+
+
+async def test_a_thread_portal_is_found_by_its_thread_and_a_channel_portal_by_its_channel(store: Store):
+    await store.create_portal(Portal("ws1", "c1", 1, state="open", channel_id="general", thread_id="root1"))
+    await store.create_portal(Portal("ws1", "c2", 2, state="open", channel_id="ch2"))
+    assert (await store.get_portal_by_channel("general", "root1")).conversation_id == "c1"
+    assert await store.get_portal_by_channel("general") is None  # a root post in General
+    assert await store.get_portal_by_channel("general", "other-root") is None
+    assert (await store.get_portal_by_channel("ch2", "any-root")).conversation_id == "c2"
+    assert (await store.get_portal_by_channel("ch2")).conversation_id == "c2"
+
+
+async def test_leases_renewed_held_and_lost(store: Store):
+    await store.enqueue(Job(0, "neetochat_event", "ws1", "ws1:c1", "k1", {}))
+    await store.enqueue(Job(0, "neetochat_event", "ws1", "ws1:c2", "k2", {}))
+    first, second = await store.claim_jobs("a/1", 100.0, 10, 2)
+    assert await store.lease_held(first.seq, "a/1", 105.0)
+    assert not await store.lease_held(first.seq, "a/1", 111.0)  # expired
+    assert not await store.lease_held(first.seq, "b/1", 105.0)
+    [taken] = await store.claim_jobs("b/1", 111.0, 10, 1)  # a stalled; b takes the first
+    assert taken.seq == first.seq
+    assert await store.renew_leases("a/1", [first.seq, second.seq], 200.0) == [second.seq]
+    assert await store.lease_held(second.seq, "a/1", 150.0)
+
+
+async def test_a_throttled_retry_spends_no_attempt(store: Store):
+    await store.enqueue(Job(0, "neetochat_event", "ws1", "ws1:c1", "k1", {}))
+    [job] = await store.claim_jobs("a/1", 100.0, 10, 1)
+    assert await store.retry_job(job.seq, "a/1", 101.0, "429", count_attempt=False)
+    [job] = await store.claim_jobs("a/1", 101.0, 10, 1)
+    assert job.attempts == 0 and job.last_error == "429"
+    assert await store.retry_job(job.seq, "a/1", 102.0, "503")
+    [job] = await store.claim_jobs("a/1", 102.0, 10, 1)
+    assert job.attempts == 1
+
+
+async def test_live_instances_are_those_that_beat_recently(store: Store):
+    await store.beat_instance("a/1", 100.0)
+    await store.beat_instance("b/1", 150.0)
+    await store.beat_instance("a/1", 160.0)
+    assert await store.live_instances(since=140.0) == 2
+    assert await store.live_instances(since=155.0) == 1
+    assert await store.live_instances(since=200.0) == 0
+
+
+async def test_dead_jobs_replayed_by_their_reason(store: Store):
+    for key in ("k1", "k2"):
+        await store.enqueue(Job(0, "neetochat_event", "ws1", f"ws1:{key}", key, {}))
+    one, two = await store.claim_jobs("a/1", 100.0, 10, 2)
+    await store.finish_job(one.seq, "a/1", "dead", "the bot was removed from the linked team: 403")
+    await store.finish_job(two.seq, "a/1", "dead", "Teams: 400 bad argument")
+    assert await store.requeue_dead_jobs("ws1", error_prefix="the bot was removed") == 1
+    assert [j.seq for j in await store.list_dead_jobs("ws1")] == [two.seq]
+
+
+async def test_workspaces_linked_to_a_team_by_either_id(store: Store):
+    await store.put_workspace(Workspace("w1", "https://w1.test", "k", "s", team_id="19:team@thread.tacv2"))
+    await store.put_workspace(Workspace("w2", "https://w2.test", "k", "s", team_id="group-guid"))
+    await store.put_workspace(Workspace("w3", "https://w3.test", "k", "s", team_id="19:other@thread.tacv2"))
+    found = await store.workspaces_linked_to(["19:team@thread.tacv2", "group-guid"])
+    assert sorted(ws.id for ws in found) == ["w1", "w2"]
+    assert await store.workspaces_linked_to([""]) == []

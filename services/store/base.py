@@ -219,6 +219,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def drop_intent(self, workspace_id: str, neeto_message_id: str) -> bool:
+        """Remove a ``to_teams`` intent that has no activity id: the post is known not to
+        have gone out (our own shaping held it back), so a rerun need not look for it."""
+
+    @abc.abstractmethod
     async def forget_channel_links(self, workspace_id: str, conversation_id: str, channel_id: str) -> int:
         """Drop the conversation's links to activities in ``channel_id`` (a channel someone
         deleted: its posts are gone, and the new channel's backfill posts them again)."""

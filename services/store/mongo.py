@@ -277,6 +277,17 @@ class MongoStore(Store):
             # keeps the first link, and this one stays incomplete.
             pass
 
+    async def drop_intent(self, workspace_id: str, neeto_message_id: str) -> bool:
+        result = await self.db.message_links.delete_one(
+            {
+                "workspace_id": workspace_id,
+                "neeto_message_id": {"$eq": neeto_message_id, **_STRING},
+                "teams_activity_id": None,
+                "direction": "to_teams",
+            }
+        )
+        return result.deleted_count > 0
+
     async def forget_channel_links(self, workspace_id: str, conversation_id: str, channel_id: str) -> int:
         result = await self.db.message_links.delete_many(
             {"workspace_id": workspace_id, "conversation_id": conversation_id, "channel_id": channel_id}

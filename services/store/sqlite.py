@@ -430,6 +430,14 @@ class SqliteStore(Store):
             # keeps the first link, and this one stays incomplete.
             pass
 
+    async def drop_intent(self, workspace_id: str, neeto_message_id: str) -> bool:
+        deleted = await self._write(
+            """DELETE FROM message_links WHERE workspace_id = ? AND neeto_message_id = ?
+               AND teams_activity_id IS NULL AND direction = 'to_teams'""",
+            (workspace_id, neeto_message_id),
+        )
+        return deleted > 0
+
     async def forget_channel_links(self, workspace_id: str, conversation_id: str, channel_id: str) -> int:
         return await self._write(
             "DELETE FROM message_links WHERE workspace_id = ? AND conversation_id = ? AND channel_id = ?",
