@@ -11,6 +11,7 @@ Data path: ``/api/neetochat/{ws}/webhooks`` → ``services/webhooks.py`` → sto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from services.context import BridgeContext
 from services.crypto import SecretBox, load_or_create_key
 from services.graph import GraphPool
 from services.jobs import JobRunner
+from services.log_context import configure as configure_logging
 from services.metrics import Metrics
 from services.rate_limits import RateLimiter
 from services.store import Store, open_store
@@ -105,10 +107,12 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         )
     )
     limiter = RateLimiter()
+    metrics = Metrics()
     poster = TeamsPoster(
         adapter,
         settings.app_id,
         limiter,
+        metrics,
         thread_limits=settings.teams_thread_limits,
         tenant_limits=settings.teams_tenant_limits,
     )
@@ -118,11 +122,11 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         box=box,
         http=http,
         poster=poster,
-        graph=GraphPool(settings, limiter),
+        graph=GraphPool(settings, limiter, metrics),
         limiter=limiter,
         cards=CardRefresher(poster.update),
+        metrics=metrics,
     )
-    metrics = Metrics()
     runner = JobRunner(
         ctx,
         metrics,
@@ -190,10 +194,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready: the store answers (within 5 s) and the delivery loop is turning."""
+    rt = request.app[RUNTIME]
     try:
-        await request.app[RUNTIME].ctx.store.ping()
+        await asyncio.wait_for(rt.ctx.store.ping(), 5)
     except Exception as exc:
         return web.json_response({"status": "unavailable", "reason": f"store: {type(exc).__name__}"}, status=503)
+    problem = rt.runner.problem()
+    if problem:
+        return web.json_response({"status": "unavailable", "reason": problem}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -243,9 +252,7 @@ def create_app(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("azure", "httpx", "msal"):  # per-request lines with headers: not for info level
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

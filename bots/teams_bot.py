@@ -22,6 +22,7 @@ from dialogs.commands import parse_command
 from services.card_actions import handle_card_action
 from services.context import BOT_REMOVED, BridgeContext
 from services.inbox import store_teams_work
+from services.log_context import bind
 from services.store.base import Installation
 from services.teams_content import read_activity
 
@@ -38,6 +39,10 @@ class TeamsBot(TeamsActivityHandler):
         self.ctx = ctx
         self.store = ctx.store
         self.on_enqueued = on_enqueued
+
+    async def on_turn(self, turn_context: TurnContext) -> None:
+        bind(activity=turn_context.activity.id)  # on every log line of this turn
+        await super().on_turn(turn_context)
 
     # card buttons ----------------------------------------------------------------------
     async def on_adaptive_card_invoke(

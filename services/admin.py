@@ -152,7 +152,7 @@ class AdminApi:
         if urlparse(base_url).scheme not in ("http", "https") or not urlparse(base_url).netloc:
             return _error(400, "base_url must be an http(s) URL")
         try:
-            info = await NeetoChatClient(self.ctx.http, base_url, body["api_key"]).get_workspace()
+            info = await NeetoChatClient(self.ctx.http, base_url, body["api_key"], self.ctx.metrics).get_workspace()
         except RemoteError as exc:
             reason = "neetoChat refused the API key" if exc.status == 401 else f"could not verify the API key: {exc}"
             return _error(422, reason)

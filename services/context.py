@@ -14,6 +14,7 @@ from services.card_refresh import CardRefresher
 from services.config import Settings
 from services.crypto import SecretBox
 from services.graph import GraphPool
+from services.metrics import Metrics
 from services.neetochat import NeetoChatClient
 from services.rate_limits import RateLimiter
 from services.store.base import Installation, Store, Workspace
@@ -58,6 +59,7 @@ class BridgeContext:
     graph: GraphPool
     limiter: RateLimiter
     cards: CardRefresher
+    metrics: Metrics
     _clients: dict[str, tuple[str, NeetoChatClient]] = field(default_factory=dict)
 
     def neetochat(self, ws: Workspace) -> NeetoChatClient:
@@ -66,7 +68,7 @@ class BridgeContext:
         cached = self._clients.get(ws.id)
         if cached and cached[0] == fingerprint:
             return cached[1]
-        client = NeetoChatClient(self.http, ws.base_url, self.box.decrypt(ws.api_key_enc))
+        client = NeetoChatClient(self.http, ws.base_url, self.box.decrypt(ws.api_key_enc), self.metrics)
         self._clients[ws.id] = (fingerprint, client)
         return client
 

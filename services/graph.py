@@ -10,8 +10,9 @@ checking whether the first attempt went through.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -36,6 +37,7 @@ from msgraph_core import GraphClientFactory
 
 from services.config import Settings, is_microsoft_host
 from services.errors import RemoteError, parse_retry_after
+from services.metrics import Metrics
 from services.rate_limits import RateLimiter, Window
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
@@ -99,10 +101,20 @@ def _graph_call() -> Iterator[None]:
 class GraphChannels:
     """Create, find and delete standard channels of a team (by its AAD group id)."""
 
-    def __init__(self, client: GraphServiceClient, limiter: RateLimiter, create_limits: tuple[Window, ...]) -> None:
+    def __init__(
+        self, client: GraphServiceClient, limiter: RateLimiter, create_limits: tuple[Window, ...], metrics: Metrics
+    ) -> None:
         self._client = client
+        self._metrics = metrics
         self._limiter = limiter
         self._create_limits = create_limits
+
+    @contextlib.asynccontextmanager
+    async def _call(self, operation: str) -> AsyncIterator[None]:
+        """One Graph call (or a paged listing), timed, its failure a ``RemoteError``."""
+        async with self._metrics.call("Graph", operation):
+            with _graph_call():
+                yield
 
     @property
     def client(self) -> GraphServiceClient:
@@ -116,9 +128,11 @@ class GraphChannels:
             membership_type=ChannelMembershipType.Standard,
         )
         # Graph answers bursts of creates in one team with 429 or 502: shaped per team.
-        async with self._limiter.slot("Graph", [(f"channel-create:{group_id}", self._create_limits)]):
-            with _graph_call():
-                created = await self._client.teams.by_team_id(group_id).channels.post(body)
+        async with (
+            self._limiter.slot("Graph", [(f"channel-create:{group_id}", self._create_limits)]),
+            self._call("create_channel"),
+        ):
+            created = await self._client.teams.by_team_id(group_id).channels.post(body)
         return ChannelInfo(id=created.id, name=created.display_name, web_url=created.web_url)
 
     async def find_by_name(self, group_id: str, name: str) -> ChannelInfo | None:
@@ -130,7 +144,7 @@ class GraphChannels:
                 filter=f"displayName eq '{escaped}'"
             )
         )
-        with _graph_call():
+        async with self._call("find_channel"):
             page = await self._client.teams.by_team_id(group_id).channels.get(request_configuration=config)
         for channel in (page.value if page else None) or []:
             if (channel.display_name or "").lower() == name.lower():
@@ -141,7 +155,7 @@ class GraphChannels:
         """The team's live channels (what the settings page offers as notification channel)."""
         channels = self._client.teams.by_team_id(group_id).channels
         found: list[ChannelInfo] = []
-        with _graph_call():
+        async with self._call("list_channels"):
             page = await channels.get()
             while page is not None:
                 found += [ChannelInfo(id=c.id, name=c.display_name or "", web_url=c.web_url) for c in page.value or []]
@@ -167,7 +181,7 @@ class GraphChannels:
             query = RepliesRequestBuilder.RepliesRequestBuilderGetQueryParameters(top=50)
         config = RequestConfiguration(query_parameters=query)
         found: list[BotPost] = []
-        with _graph_call():
+        async with self._call("list_messages"):
             page = await messages.get(request_configuration=config)
             while page is not None:
                 reached_back = False
@@ -190,7 +204,7 @@ class GraphChannels:
         """Whether the channel is still there (a 404 from the connector may mean a deleted
         channel or a deleted thread; Graph tells which)."""
         try:
-            with _graph_call():
+            async with self._call("get_channel"):
                 await self._client.teams.by_team_id(group_id).channels.by_channel_id(channel_id).get()
         except RemoteError as exc:
             if exc.status == 404:
@@ -201,7 +215,7 @@ class GraphChannels:
     async def delete(self, group_id: str, channel_id: str) -> None:
         """Delete; a channel that is already gone counts as deleted."""
         try:
-            with _graph_call():
+            async with self._call("delete_channel"):
                 await self._client.teams.by_team_id(group_id).channels.by_channel_id(channel_id).delete()
         except RemoteError as exc:
             if exc.status != 404:
@@ -216,9 +230,10 @@ class GraphPool:
     token), with instance discovery off for authorities that are not Microsoft's.
     """
 
-    def __init__(self, settings: Settings, limiter: RateLimiter) -> None:
+    def __init__(self, settings: Settings, limiter: RateLimiter, metrics: Metrics) -> None:
         self._settings = settings
         self._limiter = limiter
+        self._metrics = metrics
         self._pool: dict[str, GraphChannels] = {}
         self._credentials: list[ClientSecretCredential] = []
 
@@ -250,6 +265,7 @@ class GraphPool:
                 build_graph_client(settings.graph_base_url, provider),
                 self._limiter,
                 settings.graph_channel_create_limits,
+                self._metrics,
             )
         return self._pool[key]
 

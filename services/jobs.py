@@ -38,6 +38,7 @@ from services import to_neetochat, to_teams
 from services.context import BOT_REMOVED, BridgeContext, NotLinked
 from services.errors import RemoteError
 from services.fencing import LeaseLost, current_lease
+from services.log_context import bind
 from services.metrics import Metrics
 from services.rate_limits import Throttled
 from services.store.base import Job
@@ -77,6 +78,8 @@ class JobRunner:
         self._in_flight: dict[asyncio.Task[None], int] = {}
         self._lost: set[int] = set()  # jobs cancelled because another instance took them
         self._dues: list[float] = []  # heap: when retries this instance scheduled fall due
+        self._looked_at = time.monotonic()  # the loop's last turn: /readyz tells a stuck loop by it
+        self.stuck_after = max(30.0, 10 * poll_interval)
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
 
@@ -103,6 +106,18 @@ class JobRunner:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
+
+    def problem(self) -> str | None:
+        """Why delivery is not working, or None: the loop ended, or has not turned for a
+        while (it turns at least every ``poll_interval`` when healthy)."""
+        if self._task is None or self._stopping:
+            return None
+        if self._task.done():
+            return "the delivery loop has stopped"
+        idle = time.monotonic() - self._looked_at
+        if idle > self.stuck_after:
+            return f"the delivery loop has not turned for {idle:.0f} s"
+        return None
 
     async def _heartbeat(self) -> None:
         while True:
@@ -132,6 +147,7 @@ class JobRunner:
             free = self.concurrency - len(self._in_flight)
             jobs = []
             looked_at = self.clock()
+            self._looked_at = time.monotonic()
             if free > 0:
                 try:
                     jobs = await self.ctx.store.claim_jobs(self.owner, looked_at, self.lease_seconds, free)
@@ -159,8 +175,16 @@ class JobRunner:
         self._wake.set()  # the partition may have a next job now
 
     async def _run(self, job: Job) -> None:
-        extra = {"workspace": job.workspace_id, "job": job.seq, "kind": job.kind}
+        extra = {"kind": job.kind}
         current_lease.set((job.seq, self.owner))
+        payload = job.payload
+        bind(
+            workspace=job.workspace_id,
+            conversation=job.partition.partition(":")[2],
+            job=job.seq,
+            delivery=payload.get("id") if job.kind == "neetochat_event" else None,
+            activity=payload.get("activity_id"),
+        )
         try:
             await self._dispatch(job)
         except LeaseLost:
@@ -188,7 +212,7 @@ class JobRunner:
                 await self._dead(job, f"{type(exc).__name__}: {exc}")
         else:
             await self.ctx.store.finish_job(job.seq, self.owner, "done")
-            self.metrics.jobs.labels(kind=job.kind, outcome="done").inc()
+            self.metrics.jobs.labels(kind=job.kind, outcome="ok").inc()
 
     async def _dispatch(self, job: Job) -> None:
         ws = await self.ctx.store.get_workspace(job.workspace_id)
@@ -250,7 +274,7 @@ class JobRunner:
         return True
 
     async def _dead(self, job: Job, reason: str) -> None:
-        log.error("job %s dead: %s", job.seq, reason, extra={"workspace": job.workspace_id})
+        log.error("job %s dead: %s", job.seq, reason)
         await self._tell_failure(job, reason)  # while the lease is held: the notice is fenced too
         await self.ctx.store.finish_job(job.seq, self.owner, "dead", reason)
         self.metrics.jobs.labels(kind=job.kind, outcome="dead").inc()

@@ -1,29 +1,47 @@
 """Prometheus metrics (``GET /metrics``): what an operator watches.
 
-Counters are bumped where things happen; the queue gauges are read from the store when
-Prometheus scrapes, so several bridge instances report the same truth.
+Counters and histograms are bumped where things happen; the queue gauges and the channel
+counts are read from the store when Prometheus scrapes, so several bridge instances report
+the same truth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from services.errors import RemoteError
 from services.store.base import Store
+
+# Remote calls here take from a millisecond (a local stand-in) to tens of seconds (a slow
+# Graph page, a large upload).
+CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.webhooks = Counter(
-            "bridge_webhooks_total", "neetoChat webhooks by outcome", ["outcome"], registry=self.registry
+            "bridge_webhooks_total",
+            "neetoChat webhooks received, by outcome (stored, duplicate, rejected) and rejection reason",
+            ["outcome", "reason"],
+            registry=self.registry,
         )
         self.jobs = Counter(
             "bridge_jobs_total",
-            "Jobs run by kind and outcome (done, retried, dead)",
+            "Deliveries (jobs) run, by kind and outcome (ok, retried, throttled, dead)",
             ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.remote_calls = Histogram(
+            "bridge_remote_call_seconds",
+            "Calls to Teams (Bot Connector), Graph and neetoChat, by operation and outcome (ok or HTTP status)",
+            ["service", "operation", "outcome"],
+            buckets=CALL_BUCKETS,
             registry=self.registry,
         )
         self.pending = Gauge("bridge_jobs_pending", "Jobs waiting to run", registry=self.registry)
@@ -31,11 +49,39 @@ class Metrics:
         self.oldest_age = Gauge(
             "bridge_jobs_oldest_pending_age_seconds", "Age of the oldest waiting job", registry=self.registry
         )
+        self.channels = Gauge(
+            "bridge_open_channels",
+            "Open conversation channels per team (Teams allows 1,000, deleted ones counting for 30 days)",
+            ["team"],
+            registry=self.registry,
+        )
+
+    def webhook(self, outcome: str, reason: str = "") -> None:
+        self.webhooks.labels(outcome=outcome, reason=reason).inc()
+
+    @contextlib.asynccontextmanager
+    async def call(self, service: str, operation: str) -> AsyncIterator[None]:
+        """Time one remote call; its outcome is "ok", the HTTP status, or "error"."""
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            yield
+        except RemoteError as exc:
+            outcome = str(exc.status or "error")
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            self.remote_calls.labels(service, operation, outcome).observe(time.perf_counter() - start)
 
     async def handler(self, request: web.Request, store: Store) -> web.Response:
         counts = await store.job_counts()
         self.pending.set(counts.pending)
         self.dead.set(counts.dead)
         self.oldest_age.set(time.time() - counts.oldest_pending_at if counts.oldest_pending_at else 0)
+        self.channels.clear()
+        for team, count in (await store.open_channels_by_team()).items():
+            self.channels.labels(team=team).set(count)
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

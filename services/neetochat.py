@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from services.errors import RemoteError, parse_retry_after
+from services.metrics import Metrics
 
 API_PREFIX = "/api/external/v1"
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -21,8 +22,9 @@ MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # the contract's limit for POST /attachment
 
 
 class NeetoChatClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str, metrics: Metrics) -> None:
         self._session = session
+        self._metrics = metrics
         self._root = base_url.rstrip("/") + API_PREFIX
         self._headers = {"X-Api-Key": api_key, "Accept": "application/json"}
 
@@ -40,6 +42,19 @@ class NeetoChatClient:
         headers = dict(self._headers)
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        async with self._metrics.call("neetoChat", _operation(method, path)):
+            return await self._request(method, path, headers, json, data, params, client_timeout)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        json: Any,
+        data: Any,
+        params: dict[str, Any] | None,
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> Any:
         try:
             async with self._session.request(
                 method,
@@ -147,3 +162,10 @@ async def _json_or_none(resp: aiohttp.ClientResponse) -> Any:
         return await resp.json(content_type=None)
     except ValueError:
         return None
+
+
+def _operation(method: str, path: str) -> str:
+    """``GET /conversations/{id}/messages`` → ``GET conversations/messages``: a metric label
+    without ids (ids would make one time series per conversation)."""
+    segments = path.strip("/").split("/")
+    return f"{method} {'/'.join(segments[::2])}"

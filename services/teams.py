@@ -27,6 +27,7 @@ from botframework.connector import Channels
 from msrest.exceptions import ClientRequestError, HttpOperationError
 
 from services.errors import RemoteError, parse_retry_after
+from services.metrics import Metrics
 from services.rate_limits import RateLimiter, Window
 
 
@@ -61,11 +62,13 @@ class TeamsPoster:
         adapter: CloudAdapter,
         app_id: str,
         limiter: RateLimiter,
+        metrics: Metrics,
         *,
         thread_limits: tuple[Window, ...],
         tenant_limits: tuple[Window, ...],
     ) -> None:
         self._adapter = adapter
+        self._metrics = metrics
         self._app_id = app_id
         self._limiter = limiter
         self._thread_limits = thread_limits
@@ -105,7 +108,7 @@ class TeamsPoster:
         async def capture(turn_context: TurnContext) -> None:
             result["id"] = turn_context.activity.id
 
-        async with self._slot(channel_id, tenant_id):
+        async with self._slot(channel_id, tenant_id), self._metrics.call("Teams", "create_conversation"):
             try:
                 await self._adapter.create_conversation(
                     self._app_id, capture, params, Channels.ms_teams, service_url, None
@@ -138,13 +141,13 @@ class TeamsPoster:
             activity.id = activity_id
             await turn_context.update_activity(activity)
 
-        await self._call(reference, run, background)
+        await self._call(reference, run, "update_activity", background)
 
     async def delete(self, reference: dict[str, Any], activity_id: str) -> None:
         async def run(turn_context: TurnContext) -> None:
             await turn_context.delete_activity(activity_id)
 
-        await self._call(reference, run)
+        await self._call(reference, run, "delete_activity")
 
     async def reply(self, reference: dict[str, Any], activity: Activity) -> str:
         """Send into the conversation of ``reference`` (a thread when it names one)."""
@@ -154,7 +157,7 @@ class TeamsPoster:
             response = await turn_context.send_activity(activity)
             sent["id"] = response.id if response else ""
 
-        await self._call(reference, run)
+        await self._call(reference, run, "send_to_conversation")
         return sent["id"]
 
     async def member(self, reference: dict[str, Any], team_id: str, user_id: str) -> dict[str, Any]:
@@ -167,7 +170,7 @@ class TeamsPoster:
             account = await TeamsInfo.get_member(turn_context, user_id)
             found.update(account.serialize())
 
-        await self._call(reference, run)
+        await self._call(reference, run, "get_member")
         return found
 
     async def connector_authorization(self, reference: dict[str, Any]) -> str | None:
@@ -186,10 +189,13 @@ class TeamsPoster:
         await self._continue(reference, run)
         return found.get("authorization")
 
-    async def _call(self, reference: dict[str, Any], logic, background: bool = False) -> None:
-        """``logic`` makes one connector call in the reference's conversation: shaped."""
+    async def _call(self, reference: dict[str, Any], logic, operation: str, background: bool = False) -> None:
+        """``logic`` makes one connector call in the reference's conversation: shaped and timed."""
         conversation = reference.get("conversation") or {}
-        async with self._slot(conversation.get("id", ""), conversation.get("tenantId"), background):
+        async with (
+            self._slot(conversation.get("id", ""), conversation.get("tenantId"), background),
+            self._metrics.call("Teams", operation),
+        ):
             await self._continue(reference, logic)
 
     async def _continue(self, reference: dict[str, Any], logic) -> None:

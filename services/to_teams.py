@@ -123,7 +123,7 @@ async def _earlier_post(
     )
     for post in posts:
         if _same_content(post, activity) and not await ctx.store.get_link_by_activity_id(dest.workspace.id, post.id):
-            log.info("adopting post %s made before a crash", post.id, extra={"workspace": dest.workspace.id})
+            log.info("adopting post %s made before a crash", post.id)
             return post.id
     return None
 
@@ -204,7 +204,7 @@ async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
             conversation_reference=None,
             backfilled=False,
         )
-        log.warning("conversation channel %s was deleted in Teams: opening a new one", gone, extra={"workspace": ws.id})
+        log.warning("conversation channel %s was deleted in Teams: opening a new one", gone)
     conversation = await ctx.neetochat(ws).get_conversation(conv_id)
     if conversation.get("status") == "closed":
         await close_portal(ctx, dest, conversation, None)
@@ -247,7 +247,7 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
         try:
             portal = await _create_channel(ctx, dest, portal, conversation)
         except ChannelCapReached as exc:
-            log.warning("no channel for conversation %s: %s", conv_id, exc, extra={"workspace": ws_id})
+            log.warning("no channel for conversation %s: %s", conv_id, exc)
     if portal.channel_id is None or portal.thread_id:
         portal = await _open_thread(ctx, dest, portal, conversation)
         intro_id = portal.intro_activity_id
@@ -458,9 +458,9 @@ async def close_portal(
     except RemoteError as exc:
         if exc.retryable:
             raise
-        log.warning("closed card not shown: %s", exc, extra={"workspace": ws_id})  # deleted by a person
+        log.warning("closed card not shown: %s", exc)  # deleted by a person
     await ctx.store.update_portal(ws_id, conversation_id, state="closed")
-    log.info("conversation channel deleted", extra={"workspace": ws_id, "conversation": conversation_id})
+    log.info("conversation channel deleted")
 
 
 def conversation_card(dest: Destination, portal: Portal, conversation: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +21,11 @@ from aiohttp import web
 
 from services.crypto import SecretBox
 from services.inbox import store_event
+from services.log_context import bind
 from services.metrics import Metrics
 from services.store.base import Store
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 TOLERANCE_SECONDS = 300
@@ -39,8 +43,13 @@ EVENTS = frozenset(
 )
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+class Rejected(Exception):
+    """A webhook refused: the status and message answered, the reason counted in metrics."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
 
 def signature_valid(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
@@ -93,43 +102,45 @@ class WebhookReceiver:
         return secret
 
     async def handle(self, request: web.Request) -> web.Response:
-        checked = await self._check(request)
-        if isinstance(checked, web.Response):
-            self.metrics.webhooks.labels(outcome=f"rejected_{checked.status}").inc()
-            return checked
-        workspace_id, event = checked
+        bind(workspace=request.match_info["workspace"], delivery=request.headers.get("X-Neeto-Delivery"))
+        try:
+            workspace_id, event = await self._check(request)
+        except Rejected as exc:
+            self.metrics.webhook("rejected", exc.reason)
+            log.info("webhook rejected: %s", exc.reason)
+            return web.json_response({"error": str(exc)}, status=exc.status)
         stored = await store_event(self.store, workspace_id, event)
         if stored:
             self.on_stored()
-        self.metrics.webhooks.labels(outcome="stored" if stored else "duplicate").inc()
+        self.metrics.webhook("stored" if stored else "duplicate")
         return web.json_response({"stored": stored}, status=200)
 
-    async def _check(self, request: web.Request) -> web.Response | tuple[str, dict[str, Any]]:
-        """The refusal to send, or the verified (workspace, event) to store."""
+    async def _check(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+        """The verified (workspace, event) to store; ``Rejected`` says why not."""
         if (request.content_length or 0) > MAX_BODY:
-            return _error(413, "the body is larger than 1 MiB")
+            raise Rejected(413, "too_large", "the body is larger than 1 MiB")
         body = await request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
-            return _error(413, "the body is larger than 1 MiB")
+            raise Rejected(413, "too_large", "the body is larger than 1 MiB")
         workspace_id = request.match_info["workspace"]
         ws = await self.store.get_workspace(workspace_id)
         if ws is None:
-            return _error(404, "unknown workspace")
+            raise Rejected(404, "unknown_workspace", "unknown workspace")
         timestamp = request.headers.get("X-Neeto-Timestamp", "")
         signature = request.headers.get("X-Neeto-Signature", "")
         try:
             age = abs(self.clock() - int(timestamp))
         except ValueError:
-            return _error(401, "missing or malformed X-Neeto-Timestamp")
+            raise Rejected(401, "bad_timestamp", "missing or malformed X-Neeto-Timestamp") from None
         if age > TOLERANCE_SECONDS:
-            return _error(401, "stale timestamp")
+            raise Rejected(401, "stale_timestamp", "stale timestamp")
         if not signature_valid(self._secret(ws.webhook_secret_enc), timestamp, body, signature):
-            return _error(401, "bad signature")
+            raise Rejected(401, "bad_signature", "bad signature")
         try:
             event = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return _error(400, "the body is not JSON")
+            raise Rejected(400, "not_json", "the body is not JSON") from None
         problem = event_problem(event, request.headers.get("X-Neeto-Delivery", ""), workspace_id)
         if problem:
-            return _error(400, problem)
+            raise Rejected(400, "not_an_event", problem)
         return workspace_id, event

@@ -7,6 +7,7 @@ import re
 
 from app import RUNTIME
 from services.graph import GraphChannels, build_graph_client
+from services.metrics import Metrics
 from services.rate_limits import RateLimiter
 from tests.harness import WS, wait_for
 
@@ -266,7 +267,7 @@ async def test_removing_the_bot_stops_syncing_and_says_why(connected):
 async def test_a_taken_channel_name_gets_the_next_free_one(connected):
     h = connected
     number = 1042  # a new workspace's first conversation
-    graph = GraphChannels(build_graph_client(h.ms.graph_url), RateLimiter(), ())
+    graph = GraphChannels(build_graph_client(h.ms.graph_url), RateLimiter(), (), Metrics())
     group = h.team["aadGroupId"]
     await graph.create(group, f"{number} Ned", "a channel someone made by hand")
     deleted = await graph.create(group, f"{number} Ned 2", "deleted, so its name stays taken for 30 days")

@@ -43,7 +43,7 @@ async def pair(request, sandbox, tmp_path):
 async def _jobs_done(h, proc: BridgeProcess) -> float:
     async with h.http.get(f"{proc.url}/metrics") as response:
         text = await response.text()
-    return sum(float(v) for v in re.findall(r'^bridge_jobs_total\{[^}]*outcome="done"[^}]*\} (\S+)', text, re.M))
+    return sum(float(v) for v in re.findall(r'^bridge_jobs_total\{[^}]*outcome="ok"[^}]*\} (\S+)', text, re.M))
 
 
 def _burst(h) -> list[dict]:

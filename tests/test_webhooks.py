@@ -164,7 +164,7 @@ async def test_metrics_count_webhooks_by_outcome_and_show_the_queue(registered):
     async with h.http.get(f"{h.bridge_url}/metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
-    assert 'bridge_webhooks_total{outcome="stored"} 1.0' in text
-    assert 'bridge_webhooks_total{outcome="duplicate"} 1.0' in text
-    assert 'bridge_webhooks_total{outcome="rejected_401"} 1.0' in text
+    assert 'bridge_webhooks_total{outcome="stored",reason=""} 1.0' in text
+    assert 'bridge_webhooks_total{outcome="duplicate",reason=""} 1.0' in text
+    assert 'bridge_webhooks_total{outcome="rejected",reason="bad_signature"} 1.0' in text
     assert "bridge_jobs_pending" in text and "whsec" not in text

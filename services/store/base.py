@@ -191,6 +191,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_portals(self, workspace_id: str, state: str | None = None) -> int: ...
 
+    @abc.abstractmethod
+    async def open_channels_by_team(self) -> dict[str, int]:
+        """Open conversation channels per team (not threads): how close each is to the cap."""
+
     # message links -------------------------------------------------------------------
     @abc.abstractmethod
     async def add_message_link(self, link: MessageLink) -> bool:

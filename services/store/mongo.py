@@ -221,6 +221,11 @@ class MongoStore(Store):
             query["state"] = state
         return int(await self.db.portals.count_documents(query))
 
+    async def open_channels_by_team(self) -> dict[str, int]:
+        match = {"state": "open", "channel_id": _STRING, "thread_id": None, "team_id": _STRING}
+        pipeline = [{"$match": match}, {"$group": {"_id": "$team_id", "n": {"$sum": 1}}}]
+        return {doc["_id"]: int(doc["n"]) async for doc in self.db.portals.aggregate(pipeline)}
+
     # message links -------------------------------------------------------------------
     async def add_message_link(self, link: MessageLink) -> bool:
         doc = asdict(link)

@@ -378,6 +378,14 @@ class SqliteStore(Store):
         assert row is not None
         return int(row[0])
 
+    async def open_channels_by_team(self) -> dict[str, int]:
+        rows = await self._all(
+            """SELECT team_id, COUNT(*) FROM portals
+               WHERE state = 'open' AND channel_id IS NOT NULL AND thread_id IS NULL AND team_id IS NOT NULL
+               GROUP BY team_id"""
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
     # message links -------------------------------------------------------------------
     async def add_message_link(self, link: MessageLink) -> bool:
         values = _row_values(link)
