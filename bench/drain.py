@@ -1,7 +1,7 @@
 """Burst drain (issue 7): how long the bridge takes to deliver a burst of visitor messages
 into Teams, as a ratio to the floor Teams' published rate limits allow. Goal: ≤ 1.1.
 
-    python -m bench.drain [--scale N] [--scenario single|fanout|all] [--runs N] [--no-write] [--verbose]
+    python -m bench.drain [--quick] [--scale N] [--scenario single|fanout|all] [--runs N] [--no-write] [--verbose]
 
 Two scenarios, each on a fresh world (new sandboxes, new bridge, temporary DATA_DIR), all
 in this one asyncio process on 127.0.0.1 ports:
@@ -798,12 +798,16 @@ def print_results(results: list[Summary]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="divide every limit's window by N (default 1)")
+    parser.add_argument("--scale", type=float, help="divide every limit's window by N (default 1; --quick 10)")
+    parser.add_argument("--quick", action="store_true", help="windows 10x shorter, one run per scenario")
     parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
     parser.add_argument("--runs", type=int, help="runs per scenario (default: a 1, b 5), each on a fresh world")
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/performance.md")
     parser.add_argument("--verbose", action="store_true", help="the bridge's log (INFO) on stderr")
-    args = parser.parse_args(argv)
+    args, _unknown = parser.parse_known_args(argv)  # python -m bench passes every benchmark's options
+    args.scale = args.scale or (10.0 if args.quick else 1.0)
+    if args.quick and args.runs is None:
+        args.runs = 1
     if args.scale <= 0:
         parser.error("--scale must be positive")
     if args.runs is not None and args.runs < 1:
