@@ -30,6 +30,7 @@ from services.admin import AdminApi
 from services.bot_auth import CachedCredentialFactory
 from services.card_refresh import CardRefresher
 from services.config import ConfigError, Settings
+from services.connectors import ReusingBotFrameworkAuthentication
 from services.context import BridgeContext
 from services.crypto import SecretBox, load_or_create_key
 from services.graph import GraphPool
@@ -101,11 +102,12 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
     box = SecretBox(load_or_create_key(settings.secret_key, settings.data_dir))
     http = aiohttp.ClientSession()
     bot_config = BotConfig(settings, app[ENV])
-    adapter = CloudAdapter(
+    bot_auth = ReusingBotFrameworkAuthentication(
         ConfigurationBotFrameworkAuthentication(
             bot_config, credentials_factory=CachedCredentialFactory(settings, bot_config.VALIDATE_AUTHORITY)
         )
     )
+    adapter = CloudAdapter(bot_auth)
     limiter = RateLimiter()
     metrics = Metrics()
     poster = TeamsPoster(
@@ -152,6 +154,7 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         await runner.stop()
         await ctx.cards.stop()
         await ctx.graph.close()
+        await bot_auth.close()
         await http.close()
         await store.close()
 

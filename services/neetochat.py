@@ -7,10 +7,12 @@ and honours ``Retry-After`` without holding a request open.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from cachetools import TTLCache
 
 from services.errors import RemoteError, parse_retry_after
 from services.metrics import Metrics
@@ -19,6 +21,7 @@ API_PREFIX = "/api/external/v1"
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 UPLOAD_TIMEOUT = aiohttp.ClientTimeout(total=300)
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # the contract's limit for POST /attachments
+AGENT_TTL = 60.0
 
 
 class NeetoChatClient:
@@ -27,6 +30,9 @@ class NeetoChatClient:
         self._metrics = metrics
         self._root = base_url.rstrip("/") + API_PREFIX
         self._headers = {"X-Api-Key": api_key, "Accept": "application/json"}
+        self._agents: TTLCache[str, dict[str, Any] | None] = TTLCache(
+            maxsize=10_000, ttl=AGENT_TTL, timer=time.monotonic
+        )
 
     async def _call(
         self,
@@ -84,10 +90,17 @@ class NeetoChatClient:
         return await self._call("GET", "/workspace")
 
     async def find_agent_by_email(self, email: str) -> dict[str, Any] | None:
-        """The active agent with this email (neetoChat matches case-insensitively)."""
+        """The active agent with this email (neetoChat matches case-insensitively).
+
+        Every Teams message asks this; the answer is kept for ``AGENT_TTL`` seconds, so an
+        agent added or deactivated in neetoChat is seen within that time."""
+        key = email.lower()
+        if key in self._agents:
+            return self._agents[key]
         body = await self._call("GET", "/agents", params={"email": email})
         agents = [a for a in body.get("agents", []) if a.get("active", True)]
-        return agents[0] if agents else None
+        self._agents[key] = agent = agents[0] if agents else None
+        return agent
 
     async def get_conversation(self, conversation_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/conversations/{conversation_id}")

@@ -9,6 +9,7 @@ raises ``RemoteError``: the durable job loop decides about retries.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import requests
@@ -24,6 +25,7 @@ from botbuilder.schema import (
 )
 from botbuilder.schema.teams import ChannelInfo, TeamsChannelData, TenantInfo
 from botframework.connector import Channels
+from cachetools import TTLCache
 from msrest.exceptions import ClientRequestError, HttpOperationError
 
 from services.errors import RemoteError, parse_retry_after
@@ -52,6 +54,7 @@ def _remote_error(exc: Exception) -> RemoteError:
 
 
 _CALL_ERRORS = (HttpOperationError, ClientRequestError, OSError, TimeoutError)
+MEMBER_TTL = 600.0
 
 
 class TeamsPoster:
@@ -73,6 +76,9 @@ class TeamsPoster:
         self._limiter = limiter
         self._thread_limits = thread_limits
         self._tenant_limits = tenant_limits
+        self._members: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(
+            maxsize=10_000, ttl=MEMBER_TTL, timer=time.monotonic
+        )
 
     def _slot(self, conversation_id: str, tenant_id: str | None, background: bool = False):
         """A token of the thread's and the tenant's limits for one connector call.
@@ -161,7 +167,12 @@ class TeamsPoster:
         return sent["id"]
 
     async def member(self, reference: dict[str, Any], team_id: str, user_id: str) -> dict[str, Any]:
-        """The team member (name, email, aadObjectId) as the team's roster has it."""
+        """The team member (name, email, aadObjectId) as the team's roster has it, kept for
+        ``MEMBER_TTL`` seconds: every message written in Teams asks it, and a member's email
+        hardly ever changes."""
+        key = (team_id, user_id)
+        if key in self._members:
+            return self._members[key]
         found: dict[str, Any] = {}
 
         async def run(turn_context: TurnContext) -> None:
@@ -171,6 +182,7 @@ class TeamsPoster:
             found.update(account.serialize())
 
         await self._call(reference, run, "get_member")
+        self._members[key] = found
         return found
 
     async def connector_authorization(self, reference: dict[str, Any]) -> str | None:

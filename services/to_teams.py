@@ -91,12 +91,19 @@ async def post_once(
                 )
             else:
                 activity_id = await ctx.poster.reply(reference(thread_id), activity)
-        except Throttled:
-            # Our shaping held it back: nothing went out, so the rerun need not ask Graph.
-            await ctx.store.drop_intent(ws_id, key)
+        except RemoteError as exc:
+            if _not_posted(exc):  # the rerun need not ask Graph whether it went out
+                await ctx.store.drop_intent(ws_id, key)
             raise
     await ctx.store.complete_message_link(ws_id, neeto_message_id=key, teams_activity_id=activity_id)
     return activity_id, reference(activity_id)
+
+
+def _not_posted(exc: RemoteError) -> bool:
+    """Whether a failed post certainly made nothing: our shaping held it back, or Teams
+    refused it (4xx, 429 included). A timeout, a dropped connection or a 5xx may still have
+    posted it."""
+    return isinstance(exc, Throttled) or (exc.status is not None and 400 <= exc.status < 500)
 
 
 def _graph(ctx: BridgeContext, dest: Destination) -> GraphChannels:

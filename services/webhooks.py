@@ -5,6 +5,12 @@ not read past 1 MiB), workspace (404), signature over ``timestamp + "." + raw bo
 the workspace's webhook secret, in constant time, within 300 s (401), JSON and event shape
 (400). A good event is stored as a job before the 2xx; processing happens after the ack.
 A redelivered event (same ``X-Neeto-Delivery``) is acknowledged and stored once.
+
+The workspace (its webhook secret) is kept in memory for ``WORKSPACE_TTL`` seconds instead
+of read from the store per request: a signature that fails against the kept secret is
+checked again against the stored one, so a rotated secret works at once. For up to that
+long the previous secret may also still pass, and a deleted workspace still takes events
+(they become dead letters, visible to the operator, rather than lost).
 """
 
 from __future__ import annotations
@@ -18,17 +24,19 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from cachetools import TTLCache
 
 from services.crypto import SecretBox
 from services.inbox import store_event
 from services.log_context import bind
 from services.metrics import Metrics
-from services.store.base import Store
+from services.store.base import Store, Workspace
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 TOLERANCE_SECONDS = 300
+WORKSPACE_TTL = 5.0
 EVENTS = frozenset(
     {
         "conversation.created",
@@ -94,6 +102,17 @@ class WebhookReceiver:
         self.metrics = metrics
         self.clock = clock
         self._secrets: dict[str, str] = {}  # ciphertext → secret: decrypt once, not per request
+        self._workspaces: TTLCache[str, Workspace] = TTLCache(maxsize=10_000, ttl=WORKSPACE_TTL, timer=time.monotonic)
+
+    async def _workspace(self, workspace_id: str, fresh: bool = False) -> Workspace | None:
+        ws = None if fresh else self._workspaces.get(workspace_id)
+        if ws is None:
+            ws = await self.store.get_workspace(workspace_id)
+            if ws is not None:
+                self._workspaces[workspace_id] = ws
+            else:
+                self._workspaces.pop(workspace_id, None)
+        return ws
 
     def _secret(self, ciphertext: str) -> str:
         secret = self._secrets.get(ciphertext)
@@ -123,7 +142,7 @@ class WebhookReceiver:
         if len(body) > MAX_BODY:
             raise Rejected(413, "too_large", "the body is larger than 1 MiB")
         workspace_id = request.match_info["workspace"]
-        ws = await self.store.get_workspace(workspace_id)
+        ws = await self._workspace(workspace_id)
         if ws is None:
             raise Rejected(404, "unknown_workspace", "unknown workspace")
         timestamp = request.headers.get("X-Neeto-Timestamp", "")
@@ -135,7 +154,9 @@ class WebhookReceiver:
         if age > TOLERANCE_SECONDS:
             raise Rejected(401, "stale_timestamp", "stale timestamp")
         if not signature_valid(self._secret(ws.webhook_secret_enc), timestamp, body, signature):
-            raise Rejected(401, "bad_signature", "bad signature")
+            ws = await self._workspace(workspace_id, fresh=True)  # the secret may have been rotated
+            if ws is None or not signature_valid(self._secret(ws.webhook_secret_enc), timestamp, body, signature):
+                raise Rejected(401, "bad_signature", "bad signature")
         try:
             event = json.loads(body)
         except (ValueError, UnicodeDecodeError):

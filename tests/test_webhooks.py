@@ -8,7 +8,7 @@ import time
 import pytest
 
 from app import RUNTIME
-from tests.harness import WS, wait_for
+from tests.harness import WS, stored_jobs, wait_for
 
 
 def _event(event_id: str = "evt_1", name: str = "message.created", conversation_id: str = "cnv_x") -> dict:
@@ -30,8 +30,7 @@ async def _post(h, body: bytes, headers: dict, workspace: str = WS):
 
 
 async def _jobs(h) -> int:
-    counts = await h.app[RUNTIME].ctx.store.job_counts(WS)
-    return counts.pending + counts.done + counts.dead
+    return await stored_jobs(h.app[RUNTIME].ctx.store, WS)
 
 
 @pytest.fixture
@@ -97,6 +96,25 @@ async def test_a_signature_made_with_another_secret_is_refused(registered):
     body, headers = registered.signed_webhook(_event(), secret="someone-elses-secret")
     assert (await _post(registered, body, headers))[0] == 401
     assert await _jobs(registered) == 0
+
+
+async def test_a_rotated_secret_applies_at_once(registered):
+    """The receiver keeps workspaces in memory for a few seconds; a new secret must not
+    wait for that to expire, and the old one stops working."""
+    h = registered
+    body, headers = h.signed_webhook(_event("evt_before"), secret="whsec-acme-secret")
+    assert (await _post(h, body, headers))[0] == 200
+    status, _ = await h.admin(
+        "PUT",
+        f"/api/admin/workspaces/{WS}",
+        {"base_url": f"{h.neeto_url}/{WS}", "api_key": "nc-api-key-acme-secret", "webhook_secret": "whsec-rotated"},
+    )
+    assert status in (200, 201)
+    body, headers = h.signed_webhook(_event("evt_after"), secret="whsec-rotated")
+    assert (await _post(h, body, headers))[0] == 200
+    body, headers = h.signed_webhook(_event("evt_old_secret"), secret="whsec-acme-secret")
+    assert (await _post(h, body, headers))[0] == 401
+    assert await _jobs(h) == 2
 
 
 @pytest.mark.parametrize(

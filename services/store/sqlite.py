@@ -174,12 +174,18 @@ def _insert_sql(table: str, columns: list[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
 
 
+# Jobs written by one statement at most: 14 columns each stays far below SQLite's limit of
+# 32,766 bound parameters.
+ENQUEUE_BATCH = 500
+
+
 class SqliteStore(Store):
     def __init__(self, path: str, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._enqueues: list[tuple[Job, asyncio.Future[bool]]] = []
 
     # lifecycle -----------------------------------------------------------------------
     @property
@@ -454,20 +460,53 @@ class SqliteStore(Store):
 
     # jobs ----------------------------------------------------------------------------
     async def enqueue(self, job: Job) -> bool:
-        values = _row_values(job)
-        del values["seq"]
-        values.update(status="pending", lease_owner=None, lease_until=0.0, finished_at=None)
-        values["created_at"] = job.created_at or time.time()
-        sql = _insert_sql("jobs", list(values)) + " ON CONFLICT(dedupe_key) DO NOTHING"
+        """Insert the job unless its dedupe key is stored (False then).
+
+        Group commit: enqueues that arrive while another is being written wait for the
+        lock, and whoever gets it next writes every waiting job in one statement, so a
+        burst of webhooks costs one trip to SQLite's thread (and one commit) per batch
+        instead of per request. Each caller still learns about its own job."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._enqueues.append((job, done))
         async with self._lock:
-            cursor = await self.db.execute(sql, values)
-            try:
-                if cursor.rowcount <= 0:
-                    return False
-                job.seq = int(cursor.lastrowid or 0)
-            finally:
-                await cursor.close()
-        return True
+            while not done.done():
+                batch, self._enqueues = self._enqueues[:ENQUEUE_BATCH], self._enqueues[ENQUEUE_BATCH:]
+                try:
+                    await self._insert_jobs(batch)
+                except BaseException as exc:
+                    # The others' requests fail too (not acknowledged, so redelivered); a
+                    # cancelled writer must not cancel them.
+                    error = exc if isinstance(exc, Exception) else RuntimeError("the batch's write was interrupted")
+                    for _, waiting in batch:
+                        if not waiting.done():
+                            waiting.set_exception(error)
+                    raise
+        return done.result()
+
+    async def _insert_jobs(self, batch: list[tuple[Job, asyncio.Future[bool]]]) -> None:
+        """One multi-row INSERT; the rows it returns are the jobs that were new (a dedupe key
+        stored before, or twice in the batch, inserts nothing the second time)."""
+        rows = []
+        for job, _ in batch:
+            values = _row_values(job)
+            del values["seq"]
+            values.update(status="pending", lease_owner=None, lease_until=0.0, finished_at=None)
+            values["created_at"] = job.created_at or time.time()
+            rows.append(values)
+        columns = list(rows[0])
+        one = "(" + ", ".join("?" for _ in columns) + ")"
+        sql = (
+            f"INSERT INTO jobs ({', '.join(columns)}) VALUES {', '.join(one for _ in rows)}"
+            " ON CONFLICT(dedupe_key) DO NOTHING RETURNING seq, dedupe_key"
+        )
+        params = [row[c] for row in rows for c in columns]
+        inserted = {key: int(seq) for seq, key in await self.db.execute_fetchall(sql, params)}
+        for job, waiting in batch:
+            seq = inserted.pop(job.dedupe_key, None)
+            if seq is not None:
+                job.seq = seq
+            if not waiting.done():
+                waiting.set_result(seq is not None)
 
     # A job is claimable iff it is pending and due, no earlier pending job exists in its
     # partition (so it is the partition's head and at most one per partition comes
