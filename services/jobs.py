@@ -289,5 +289,7 @@ class JobRunner:
                 await to_neetochat.tell_thread(self.ctx, job.payload, f"⚠️ Could not {what}: {reason}")
             elif job.kind == "neetochat_event":
                 await to_teams.tell_undelivered(self.ctx, job.workspace_id, job.payload, reason)
+        except NotLinked as exc:  # no team to tell: the dead letter and the status say it
+            log.warning("no failure notice for job %s: %s", job.seq, exc)
         except Exception:
             log.exception("could not post the failure notice for job %s", job.seq)
