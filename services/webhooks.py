@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 TOLERANCE_SECONDS = 300
 WORKSPACE_TTL = 5.0
+# The two answers to a good event, encoded once: every webhook gets one of them.
+STORED, DUPLICATE = json.dumps({"stored": True}).encode(), json.dumps({"stored": False}).encode()
 EVENTS = frozenset(
     {
         "conversation.created",
@@ -132,7 +134,7 @@ class WebhookReceiver:
         if stored:
             self.on_stored()
         self.metrics.webhook("stored" if stored else "duplicate")
-        return web.json_response({"stored": stored}, status=200)
+        return web.Response(body=STORED if stored else DUPLICATE, content_type="application/json")
 
     async def _check(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         """The verified (workspace, event) to store; ``Rejected`` says why not."""

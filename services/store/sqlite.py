@@ -511,15 +511,29 @@ class SqliteStore(Store):
     # A job is claimable iff it is pending and due, no earlier pending job exists in its
     # partition (so it is the partition's head and at most one per partition comes
     # back), and no pending job of its partition is under a live lease (whoever holds
-    # it: a partition is worked on by one owner at a time). The scan walks the pending
-    # jobs in seq order (jobs_pending_seq) and stops after ``limit`` hits; each NOT
-    # EXISTS is one probe into a partial index.
+    # it: a partition is worked on by one owner at a time).
+    #
+    # The heads are found by a loose index scan of jobs_pending_partition (partition,
+    # seq): ``part`` hops from one partition to the next, one index probe each, and
+    # ``heads`` takes each one's smallest seq. So a claim costs one probe per partition
+    # with pending work, however long the backlog behind the heads: walking the pending
+    # jobs instead cost 4 ms at 10,000 pending and 22 ms at 50,000, for every claim,
+    # under the store's lock, which during a webhook flood held the webhooks back.
     _CLAIMABLE = """
-        SELECT j.seq FROM jobs AS j INDEXED BY jobs_pending_seq
-        WHERE j.status = 'pending' AND j.next_attempt_at <= :now
-          AND NOT EXISTS (
-            SELECT 1 FROM jobs AS e INDEXED BY jobs_pending_partition
-            WHERE e.status = 'pending' AND e.partition = j.partition AND e.seq < j.seq)
+        WITH RECURSIVE part(name) AS (
+            SELECT MIN(partition) FROM jobs INDEXED BY jobs_pending_partition WHERE status = 'pending'
+            UNION ALL
+            SELECT (SELECT MIN(partition) FROM jobs INDEXED BY jobs_pending_partition
+                    WHERE status = 'pending' AND partition > part.name)
+            FROM part WHERE part.name IS NOT NULL
+        ),
+        heads(seq) AS (
+            SELECT (SELECT MIN(seq) FROM jobs INDEXED BY jobs_pending_partition
+                    WHERE status = 'pending' AND partition = part.name)
+            FROM part WHERE part.name IS NOT NULL
+        )
+        SELECT j.seq FROM heads JOIN jobs AS j ON j.seq = heads.seq
+        WHERE j.next_attempt_at <= :now
           AND NOT EXISTS (
             SELECT 1 FROM jobs AS l INDEXED BY jobs_pending_lease
             WHERE l.status = 'pending' AND l.partition = j.partition AND l.lease_until > :now)
