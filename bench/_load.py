@@ -4,7 +4,9 @@
   server (the bridge as ``python app.py``, or a reference) on core ``SERVER_CORE``, the load
   generator, the sandboxes (this process) and stubs on ``LOAD_CORE``. ``Server`` starts and
   stops one. The references are served by this module: ``python -m bench._load KIND --port N``
-  with KIND ``bare`` (an aiohttp handler that reads the body and answers 200), ``echo``
+  with KIND ``bare`` (an aiohttp handler that reads the body and answers 200), ``minimal`` and
+  ``minimal-single`` (a minimal neetoChat webhook receiver: signature, dedupe, SQLite with group
+  commit or one commit per request, ack after the commit; ``--db FILE``), ``echo``
   (Microsoft's echo bot sample), ``connector`` (a Bot Connector stand-in answering 201 with an
   id) and ``bridge-mongomock`` (the bridge's own app on a mongomock store, a smoke check only).
   Servers are set up exactly like ``python app.py`` (``web.run_app``, the bridge's logging
@@ -268,7 +270,8 @@ def reference_server(
     core: int | None = SERVER_CORE,
     extra: Sequence[str] = (),
 ) -> Server:
-    """One of this module's servers (``bare``, ``echo``, ``connector``, ``bridge-mongomock``)."""
+    """One of this module's servers (``bare``, ``minimal``, ``minimal-single``, ``echo``,
+    ``connector``, ``bridge-mongomock``)."""
     argv = [sys.executable, "-m", "bench._load", kind, "--port", str(port), *extra]
     ready = "/readyz" if kind == "bridge-mongomock" else None
     return Server(kind, argv, port, log_path, env={**(env or {}), "PORT": str(port)}, core=core, ready_path=ready)
@@ -722,13 +725,13 @@ def plot_bars(
     rounds: list[list[float]],
     unit: str,
     *,
-    goal: tuple[float, str] | None = None,
+    goal: tuple[float, str] | Sequence[tuple[float, str]] | None = None,
     note: str | None = None,
     references: int = 1,
     log: bool = False,
 ) -> Path | None:
-    """Median bars with the rounds' range as error bars, the first ``references`` grey;
-    None when matplotlib is missing."""
+    """Median bars with the rounds' range as error bars, the first ``references`` grey, and
+    a dashed line per ``goal`` (value, label); None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -757,13 +760,14 @@ def plot_bars(
             xytext=(0, 3),
             textcoords="offset points",
         )
-    if goal:
-        ax.axhline(goal[0], linestyle="--", color="#d8573b", linewidth=1)
+    goals = sorted([goal] if isinstance(goal, tuple) else (goal or []), reverse=True)
+    for i, (value, label) in enumerate(goals):  # the highest label above its line, the others below
+        ax.axhline(value, linestyle="--" if i == 0 else ":", color="#d8573b", linewidth=1)
         ax.annotate(
-            goal[1],
-            (-0.45, goal[0]),
+            label,
+            (-0.45, value),
             ha="left",
-            va="bottom",
+            va="bottom" if i == 0 else "top",
             fontsize=8,
             color="#d8573b",
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
@@ -848,6 +852,91 @@ def serve_bare(port: int) -> None:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", ok)
+    _logging_like_the_bridge()
+    web.run_app(app, host=HOST, port=port, print=None, shutdown_timeout=30)
+
+
+def serve_minimal(port: int, db_path: Path, *, group_commit: bool) -> None:
+    """The minimal webhook receiver, what this stack can do: ``POST /api/neetochat/{workspace}/webhooks``
+    reads the body (≤ 1 MiB), checks the timestamp (±300 s) and the signature (HMAC-SHA256 over
+    ``timestamp.body`` with ``tests.harness.WEBHOOK_SECRET``, the bench's, in constant time: 401),
+    parses the JSON (400 unless an object whose ``id`` is ``X-Neeto-Delivery``), inserts
+    ``(delivery_id UNIQUE, workspace, body)`` into SQLite at ``db_path`` (aiosqlite as the
+    bridge: WAL, ``synchronous=NORMAL``, autocommit) and answers 200 ``{"stored": bool}``
+    after the commit. ``group_commit``: requests that arrive while a write is in flight wait,
+    and the next writer inserts all of them in one statement (one commit); else one commit
+    per request."""
+    import hashlib
+    import hmac
+
+    import aiosqlite
+    from aiohttp import web
+
+    from tests.harness import WEBHOOK_SECRET
+
+    secret, max_body, db_key = WEBHOOK_SECRET.encode(), 1024 * 1024, web.AppKey("db", aiosqlite.Connection)
+    waiting: list[tuple[tuple[str, str, bytes], asyncio.Future[bool]]] = []
+    lock = asyncio.Lock()
+    insert = "INSERT INTO events VALUES {} ON CONFLICT(delivery_id) DO NOTHING"
+
+    async def insert_one(db: aiosqlite.Connection, row: tuple[str, str, bytes]) -> bool:
+        async with db.execute(insert.format("(?, ?, ?)"), row) as cursor:  # autocommit: its own commit
+            return cursor.rowcount == 1
+
+    async def insert_grouped(db: aiosqlite.Connection, row: tuple[str, str, bytes]) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiting.append((row, done))
+        async with lock:
+            while not done.done():  # nobody wrote it meanwhile: write it and everything waiting
+                batch = waiting[:1000]
+                del waiting[:1000]
+                sql = insert.format(", ".join(["(?, ?, ?)"] * len(batch))) + " RETURNING delivery_id"
+                try:
+                    new = {r[0] for r in await db.execute_fetchall(sql, [v for r, _ in batch for v in r])}
+                except BaseException as exc:
+                    for _, other in batch:
+                        other.set_exception(exc if isinstance(exc, Exception) else RuntimeError("interrupted"))
+                    raise
+                for (delivery, _, _), other in batch:
+                    other.set_result(delivery in new)
+                    new.discard(delivery)  # the same id twice in a batch: stored once
+        return done.result()
+
+    async def webhook(request: web.Request) -> web.Response:
+        body = await request.content.read(max_body + 1)
+        if len(body) > max_body:
+            return web.json_response({"error": "the body is larger than 1 MiB"}, status=413)
+        timestamp = request.headers.get("X-Neeto-Timestamp", "")
+        signature = request.headers.get("X-Neeto-Signature", "")
+        fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) <= 300
+        expected = "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not fresh or not hmac.compare_digest(expected.encode(), signature.encode()):
+            return web.json_response({"error": "bad signature"}, status=401)
+        delivery = request.headers.get("X-Neeto-Delivery", "")
+        try:
+            event = json.loads(body)
+        except ValueError:
+            event = None
+        if not delivery or not isinstance(event, dict) or event.get("id") != delivery:
+            return web.json_response({"error": "not an event"}, status=400)
+        row = (delivery, request.match_info["workspace"], body)
+        stored = await (insert_grouped if group_commit else insert_one)(request.app[db_key], row)
+        return web.json_response({"stored": stored})
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        db = await aiosqlite.connect(db_path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS events (delivery_id TEXT NOT NULL UNIQUE, workspace TEXT NOT NULL, body BLOB)"
+        )
+        app[db_key] = db
+        yield
+        await db.close()
+
+    app = web.Application()
+    app.router.add_post("/api/neetochat/{workspace}/webhooks", webhook)
+    app.cleanup_ctx.append(database)
     _logging_like_the_bridge()
     web.run_app(app, host=HOST, port=port, print=None, shutdown_timeout=30)
 
@@ -953,12 +1042,17 @@ def serve_bridge_mongomock(port: int, dump: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench._load", description="the benchmarks' reference servers")
-    parser.add_argument("kind", choices=["bare", "echo", "connector", "bridge-mongomock"])
+    parser.add_argument("kind", choices=["bare", "minimal", "minimal-single", "echo", "connector", "bridge-mongomock"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dump", type=Path, help="bridge-mongomock: where to write the jobs at exit")
+    parser.add_argument("--db", type=Path, help="minimal, minimal-single: the SQLite file")
     args = parser.parse_args(argv)
     if args.kind == "bare":
         serve_bare(args.port)
+    elif args.kind in ("minimal", "minimal-single"):
+        if args.db is None:
+            parser.error(f"{args.kind} needs --db")
+        serve_minimal(args.port, args.db, group_commit=args.kind == "minimal")
     elif args.kind == "echo":
         serve_echo(args.port)
     elif args.kind == "connector":
