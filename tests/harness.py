@@ -27,6 +27,9 @@ from sandbox.microsoft import MicrosoftSandbox
 from sandbox.neetochat import NeetoChatSandbox
 from sandbox.signing import sign
 from sandbox.world import WORKSPACE, admin_request, build_world
+from services.store.base import Store
+from services.store.mongo import MongoStore
+from services.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -189,6 +192,16 @@ class BridgeProcess:
                 self.proc.wait()
                 raise AssertionError("the bridge did not stop within 30 s of SIGTERM") from None
         return self.proc.returncode
+
+
+async def stored_jobs(store: Store, workspace_id: str) -> int:
+    """Every job stored for the workspace, done ones included: the store's ``job_counts``
+    counts only pending and dead jobs (what an operator watches), so this reads the backend."""
+    if isinstance(store, SqliteStore):
+        rows = await store.db.execute_fetchall("SELECT COUNT(*) FROM jobs WHERE workspace_id = ?", (workspace_id,))
+        return int(list(rows)[0][0])
+    assert isinstance(store, MongoStore)
+    return int(await store.db.jobs.count_documents({"workspace_id": workspace_id}))
 
 
 # Debian's Chromium, driven by playwright without any browser download (which fails here).

@@ -9,7 +9,7 @@ from app import RUNTIME
 from services.graph import GraphChannels, build_graph_client
 from services.metrics import Metrics
 from services.rate_limits import RateLimiter
-from tests.harness import WS, wait_for
+from tests.harness import WS, stored_jobs, wait_for
 
 
 def _cards(posts):
@@ -171,8 +171,7 @@ async def test_messages_outside_conversation_channels_are_ignored(connected):
     store = h.app[RUNTIME].ctx.store
 
     async def total_jobs():
-        counts = await store.job_counts(WS)
-        return counts.pending + counts.done + counts.dead
+        return await stored_jobs(store, WS)
 
     before = await total_jobs()
     sent = await h.ms.user_posts(h.team_id, h.team_id, h.ada, "lunch anyone?")

@@ -176,7 +176,7 @@ async def test_lease_fencing(store: Store):
     assert await store.finish_job(mine.seq, "B", "done") is True
     assert await store.finish_job(mine.seq, "B", "done") is False  # already finished
     counts = await store.job_counts()
-    assert (counts.pending, counts.done) == (0, 1)
+    assert (counts.pending, counts.dead) == (0, 0)
 
 
 async def test_finish_rejects_unknown_status(store: Store):
@@ -243,12 +243,12 @@ async def test_requeued_dead_jobs_run_again_oldest_first(store: Store):
     [first] = await store.claim_jobs("B", NOW, LEASE, 10)
     assert first.dedupe_key == "r1"  # still in order within the conversation
     counts = await store.job_counts("ws1")
-    assert (counts.pending, counts.done, counts.dead) == (2, 1, 0)
+    assert (counts.pending, counts.dead) == (2, 0)
 
 
 async def test_job_counts(store: Store):
     empty = await store.job_counts()
-    assert (empty.pending, empty.done, empty.dead, empty.oldest_pending_at) == (0, 0, 0, None)
+    assert (empty.pending, empty.dead, empty.oldest_pending_at) == (0, 0, None)
     assert await store.enqueue(job("c1", created_at=100.0))
     assert await store.enqueue(job("c2", created_at=200.0, partition="ws1:c2"))
     assert await store.enqueue(job("c3", created_at=300.0, partition="ws1:c3"))
@@ -258,10 +258,42 @@ async def test_job_counts(store: Store):
     assert await store.finish_job(claimed["c2"].seq, "A", "dead", "x")
 
     ws1 = await store.job_counts("ws1")
-    assert (ws1.pending, ws1.done, ws1.dead, ws1.oldest_pending_at) == (1, 1, 1, 300.0)
+    assert (ws1.pending, ws1.dead, ws1.oldest_pending_at) == (1, 1, 300.0)
     total = await store.job_counts()
-    assert (total.pending, total.done, total.dead, total.oldest_pending_at) == (2, 1, 1, 50.0)
-    assert (await store.job_counts("nobody")).pending == 0
+    assert (total.pending, total.dead, total.oldest_pending_at) == (2, 1, 50.0)
+    nobody = await store.job_counts("nobody")
+    assert (nobody.pending, nobody.dead, nobody.oldest_pending_at) == (0, 0, None)
+
+
+async def test_job_counts_follow_jobs_as_they_finish(store: Store):
+    """Only pending and dead jobs are counted: a done job drops out of the counts for good,
+    a dead one stays until it is replayed; a leased or retried job is still pending."""
+    for key, created, ws in [("p1", 100.0, "ws1"), ("p2", 200.0, "ws1"), ("p3", 300.0, "ws1"), ("q1", 150.0, "ws2")]:
+        assert await store.enqueue(job(key, created_at=created, workspace=ws, partition=f"{ws}:{key}"))
+    claimed = {j.dedupe_key: j for j in await store.claim_jobs("A", NOW, LEASE, 10)}
+    assert (await store.job_counts()).pending == 4  # leased: still pending
+    assert await store.retry_job(claimed["p1"].seq, "A", NOW + 10, "503")
+    assert await store.finish_job(claimed["p2"].seq, "A", "done")
+    assert await store.finish_job(claimed["q1"].seq, "A", "done")
+
+    ws1, ws2, total = await store.job_counts("ws1"), await store.job_counts("ws2"), await store.job_counts()
+    assert (ws1.pending, ws1.dead, ws1.oldest_pending_at) == (2, 0, 100.0)  # p1 (retried) and p3
+    assert (ws2.pending, ws2.dead, ws2.oldest_pending_at) == (0, 0, None)  # q1 done: nothing to show
+    assert (total.pending, total.dead, total.oldest_pending_at) == (2, 0, 100.0)
+
+    [p1] = await store.claim_jobs("A", NOW + 10, LEASE, 10)  # p3 is still leased
+    assert await store.finish_job(p1.seq, "A", "dead", "Teams: 400")  # the oldest pending moves on
+    ws1, total = await store.job_counts("ws1"), await store.job_counts()
+    assert (ws1.pending, ws1.dead, ws1.oldest_pending_at) == (1, 1, 300.0)
+    assert (total.pending, total.dead, total.oldest_pending_at) == (1, 1, 300.0)
+
+    assert await store.finish_job(claimed["p3"].seq, "A", "done")
+    total = await store.job_counts()
+    assert (total.pending, total.dead, total.oldest_pending_at) == (0, 1, None)
+    assert await store.requeue_dead_jobs("ws1") == 1  # replayed: pending again, from its creation
+    ws1, ws2 = await store.job_counts("ws1"), await store.job_counts("ws2")
+    assert (ws1.pending, ws1.dead, ws1.oldest_pending_at) == (1, 0, 100.0)
+    assert (ws2.pending, ws2.dead, ws2.oldest_pending_at) == (0, 0, None)
 
 
 # message links -----------------------------------------------------------------------
@@ -375,6 +407,29 @@ async def test_count_portals(store: Store):
     assert await store.count_portals("ws3") == 0
 
 
+async def test_open_channels_by_team_counts_only_open_conversation_channels(store: Store):
+    assert await store.open_channels_by_team() == {}
+    for portal in [
+        Portal("ws1", "a", 1, state="open", team_id="T1", channel_id="19:a"),
+        Portal("ws1", "b", 2, state="open", team_id="T1", channel_id="19:b"),
+        Portal("ws2", "c", 3, state="open", team_id="T1", channel_id="19:c"),  # another workspace, same team
+        Portal("ws1", "d", 4, state="open", team_id="T2", channel_id="19:d"),
+        Portal("ws1", "closed", 5, state="closed", team_id="T1", channel_id="19:e"),
+        Portal("ws1", "no-channel", 6, state="open", team_id="T1"),
+        Portal("ws1", "pending", 7, state="pending", team_id="T1", channel_id="19:g"),
+        Portal("ws1", "thread", 8, state="open", team_id="T1", channel_id="19:general", thread_id="root8"),
+        Portal("ws1", "no-team", 9, state="open", channel_id="19:h"),
+    ]:
+        assert await store.create_portal(portal)
+    assert await store.open_channels_by_team() == {"T1": 3, "T2": 1}
+
+    await store.update_portal("ws1", "a", state="closed")
+    await store.update_portal("ws1", "d", state="closed")
+    await store.update_portal("ws1", "no-channel", channel_id="19:f")
+    await store.update_portal("ws1", "pending", state="open")
+    assert await store.open_channels_by_team() == {"T1": 4}
+
+
 # workspaces & installations ----------------------------------------------------------
 
 
@@ -423,8 +478,8 @@ async def test_delete_workspace_cascades(store: Store):
     assert await store.get_link_by_neeto_id("ws1", "n1") is None
     assert await store.get_link_by_activity_id("ws1", "t1") is None
     counts = await store.job_counts("ws1")
-    assert (counts.pending, counts.done) == (0, 1)  # finished history stays
-    assert await store.enqueue(job("ws1-done", workspace="ws1")) is False  # and still dedupes
+    assert (counts.pending, counts.dead) == (0, 0)
+    assert await store.enqueue(job("ws1-done", workspace="ws1")) is False  # finished history stays: it dedupes
 
     # the other workspace is untouched
     assert await store.get_workspace("ws2") is not None
@@ -506,6 +561,79 @@ async def test_sqlite_reopen_keeps_everything(tmp_path):
     third = job("j3")
     assert await s.enqueue(third) and third.seq > second.seq  # seq never goes back
     await s.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
+async def test_migration_4_upgrades_a_store_of_schema_3(backend, tmp_path, monkeypatch):
+    """The counting indexes are added to a store that already holds jobs and portals."""
+    module = sys.modules[SqliteStore.__module__ if backend == "sqlite" else MongoStore.__module__]
+    client = AsyncMongoMockClient()
+
+    def make() -> Store:
+        if backend == "sqlite":
+            return SqliteStore(str(tmp_path / "bridge.sqlite3"))
+        return MongoStore(client, "bridge_test")
+
+    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] <= 3])
+    old = make()
+    await old.open()
+    assert await old.schema_version() == 3
+    for key, created in (("m1", 100.0), ("m2", 200.0), ("m3", 300.0)):
+        assert await old.enqueue(job(key, partition=f"ws1:{key}", created_at=created))
+    m1, m2, _ = await old.claim_jobs("A", NOW, LEASE, 10)
+    assert await old.finish_job(m1.seq, "A", "done")
+    assert await old.finish_job(m2.seq, "A", "dead", "x")
+    assert await old.create_portal(Portal("ws1", "c1", 1, state="open", team_id="T", channel_id="19:a"))
+    assert await old.create_portal(Portal("ws1", "c2", 2, state="closed", team_id="T", channel_id="19:b"))
+    await old.close()
+
+    monkeypatch.undo()
+    new = make()
+    await new.open()
+    try:
+        assert await new.schema_version() >= 4
+        if isinstance(new, SqliteStore):
+            indexes = {
+                r[0] for r in await new.db.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'index'")
+            }
+            assert {"jobs_not_done", "portals_open_channels"} <= indexes
+        else:
+            assert "pending_age" in await new.db.jobs.index_information()
+            assert "open_channels" in await new.db.portals.index_information()
+        counts = await new.job_counts("ws1")
+        assert (counts.pending, counts.dead, counts.oldest_pending_at) == (1, 1, 300.0)
+        assert await new.open_channels_by_team() == {"T": 1}
+    finally:
+        await new.close()
+
+
+async def test_sqlite_metrics_queries_read_only_the_partial_indexes(tmp_path):
+    """What /metrics and the operator status run never walks the jobs or portals tables
+    (nor an index of all their rows): the done jobs and closed portals pile up."""
+    s = SqliteStore(str(tmp_path / "bridge.sqlite3"))
+    await s.open()
+    try:
+        statements: list[str] = []
+        plans: dict[str, list[str]] = {}
+        for name, call in [
+            ("jobs_not_done", lambda: s.job_counts("ws1")),
+            ("jobs_not_done", lambda: s.job_counts()),
+            ("portals_open_channels", lambda: s.open_channels_by_team()),
+        ]:
+            statements.clear()
+            await s.db.set_trace_callback(statements.append)
+            try:
+                await call()
+            finally:
+                await s.db.set_trace_callback(None)
+            assert statements
+            lines = [r[3] for sql in statements for r in await s.db.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")]
+            plans[name] = plans.get(name, []) + lines
+        for index, lines in plans.items():
+            assert lines and all(index in line and not line.startswith("SCAN") for line in lines), lines
+            assert not any("TEMP B-TREE" in line for line in lines), lines
+    finally:
+        await s.close()
 
 
 async def test_open_store_factory(tmp_path):
@@ -611,7 +739,7 @@ async def test_sqlite_claims_across_processes(tmp_path):
     s = SqliteStore(path)
     await s.open()
     counts = await s.job_counts()
-    assert (counts.pending, counts.done) == (0, 200)
+    assert (counts.pending, counts.dead) == (0, 0)  # all 200 done (checked above, one by one)
     await s.close()
 
 

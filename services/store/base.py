@@ -125,8 +125,11 @@ class Job:
 
 @dataclass
 class JobCounts:
+    """The jobs an operator watches: waiting (``pending``) and failed for good (``dead``).
+    Done jobs are not counted: they pile up for good (the dedupe history), so counting them
+    would cost more with every job ever run; ``bridge_jobs_total`` counts them as they finish."""
+
     pending: int = 0
-    done: int = 0
     dead: int = 0
     oldest_pending_at: float | None = None
 
@@ -193,7 +196,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def open_channels_by_team(self) -> dict[str, int]:
-        """Open conversation channels per team (not threads): how close each is to the cap."""
+        """Open conversation channels per team (not threads): how close each is to the cap.
+        Costs what is open, not the closed portals."""
 
     # message links -------------------------------------------------------------------
     @abc.abstractmethod
@@ -284,7 +288,9 @@ class Store(abc.ABC):
         """How many instances beat since ``since``: they share Teams' rate limits."""
 
     @abc.abstractmethod
-    async def job_counts(self, workspace_id: str | None = None) -> JobCounts: ...
+    async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
+        """Pending and dead jobs of the workspace (of all when None) and the oldest pending
+        one's ``created_at``, at a cost that follows those jobs, not the done ones."""
 
     @abc.abstractmethod
     async def list_dead_jobs(self, workspace_id: str, limit: int = 100) -> list[Job]: ...

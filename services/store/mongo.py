@@ -9,6 +9,7 @@ exactly one wins. Numbered migrations (index creation, mostly) are recorded in t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -87,11 +88,30 @@ async def _migration_3(db: Any) -> None:
     await db.instances.create_index([("seen_at", ASCENDING)], name="seen")
 
 
+async def _migration_4(db: Any) -> None:
+    """Indexes for /metrics and the operator status, partial so that they hold only what is
+    counted there, not the done jobs and closed portals that pile up. (Pending and dead jobs
+    are counted on a range of the existing ``workspace`` index, or for all workspaces of one
+    that starts with the status, ``due``. The filters are equalities and ``$type``, which
+    MongoDB takes before 7.0, unlike ``$in``.)"""
+    # the oldest pending job: the first key
+    await db.jobs.create_index(
+        [("created_at", ASCENDING)], name="pending_age", partialFilterExpression={"status": "pending"}
+    )
+    # open channels per team: a walk of the open portals that have a channel, in team order
+    await db.portals.create_index(
+        [("team_id", ASCENDING)],
+        name="open_channels",
+        partialFilterExpression={"state": "open", "channel_id": _STRING, "team_id": _STRING},
+    )
+
+
 # Numbered migrations, applied in order; never edit a released one, append.
 MIGRATIONS: list[tuple[int, Callable[[Any], Awaitable[None]]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 ]
 
 _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
@@ -222,6 +242,7 @@ class MongoStore(Store):
         return int(await self.db.portals.count_documents(query))
 
     async def open_channels_by_team(self) -> dict[str, int]:
+        # implies open_channels' filter (same terms), so the planner may use that index
         match = {"state": "open", "channel_id": _STRING, "thread_id": None, "team_id": _STRING}
         pipeline = [{"$match": match}, {"$group": {"_id": "$team_id", "n": {"$sum": 1}}}]
         return {doc["_id"]: int(doc["n"]) async for doc in self.db.portals.aggregate(pipeline)}
@@ -454,15 +475,20 @@ class MongoStore(Store):
         return result.modified_count
 
     async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
+        # Each status counted on its own index range ((workspace_id, status) of ``workspace``;
+        # for all workspaces, (status) of ``due`` or ``partition_seq``), the oldest pending job
+        # read off ``pending_age``: done jobs are never read.
         match: dict[str, Any] = {} if workspace_id is None else {"workspace_id": workspace_id}
-        counts = JobCounts()
-        async for doc in self.db.jobs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
-            setattr(counts, doc["_id"], int(doc["n"]))
-        oldest = await self.db.jobs.find_one(
-            {**match, "status": "pending"}, {"created_at": 1}, sort=[("created_at", ASCENDING)]
+        pending, dead, oldest = await asyncio.gather(
+            self.db.jobs.count_documents({**match, "status": "pending"}),
+            self.db.jobs.count_documents({**match, "status": "dead"}),
+            self.db.jobs.find_one({**match, "status": "pending"}, {"created_at": 1}, sort=[("created_at", ASCENDING)]),
         )
-        counts.oldest_pending_at = None if oldest is None else float(oldest["created_at"])
-        return counts
+        return JobCounts(
+            pending=int(pending),
+            dead=int(dead),
+            oldest_pending_at=None if oldest is None else float(oldest["created_at"]),
+        )
 
     async def requeue_dead_jobs(
         self, workspace_id: str, seqs: list[int] | None = None, error_prefix: str | None = None
