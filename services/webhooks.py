@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from cachetools import TTLCache
 
@@ -38,7 +38,7 @@ MAX_BODY = 1024 * 1024
 TOLERANCE_SECONDS = 300
 WORKSPACE_TTL = 5.0
 # The two answers to a good event, encoded once: every webhook gets one of them.
-STORED, DUPLICATE = json.dumps({"stored": True}).encode(), json.dumps({"stored": False}).encode()
+STORED, DUPLICATE = orjson.dumps({"stored": True}), orjson.dumps({"stored": False})
 EVENTS = frozenset(
     {
         "conversation.created",
@@ -160,7 +160,7 @@ class WebhookReceiver:
             if ws is None or not signature_valid(self._secret(ws.webhook_secret_enc), timestamp, body, signature):
                 raise Rejected(401, "bad_signature", "bad signature")
         try:
-            event = json.loads(body)
+            event = orjson.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise Rejected(400, "not_json", "the body is not JSON") from None
         problem = event_problem(event, request.headers.get("X-Neeto-Delivery", ""), workspace_id)

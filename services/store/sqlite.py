@@ -13,13 +13,13 @@ caught ``IntegrityError``), never by reading first.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from dataclasses import fields as dc_fields
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from services.store.base import (
     Installation,
@@ -162,7 +162,7 @@ _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
 
 def _encode(name: str, value: Any) -> Any:
     if name in _JSON_FIELDS:
-        return None if value is None else json.dumps(value, separators=(",", ":"))
+        return None if value is None else orjson.dumps(value).decode()
     if name in _BOOL_FIELDS:
         return int(bool(value))
     return value
@@ -179,7 +179,7 @@ def _from_row(cls: type, row: sqlite3.Row | None) -> Any:
     for f in dc_fields(cls):
         value = row[f.name]
         if f.name in _JSON_FIELDS:
-            value = None if value is None else json.loads(value)
+            value = None if value is None else orjson.loads(value)
         elif f.name in _BOOL_FIELDS:
             value = bool(value)
         kwargs[f.name] = value

@@ -11,7 +11,7 @@ server-rendered Jinja2 templates (``templates/``, autoescaped, no JavaScript nee
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,9 @@ def session_key(secret_key: str) -> str:
     return base64.urlsafe_b64encode(derived).decode()
 
 
-def setup_web(app: web.Application, settings: Settings, runtime: Callable[[web.Application], Any]) -> None:
-    """``runtime(app)`` gives the running bridge's ``ctx`` (BridgeContext) and ``runner``."""
+def setup_web(app: web.Application, settings: Settings, runtime: Callable[[Mapping[Any, Any]], Any]) -> None:
+    """``runtime(request.config_dict)`` gives the running bridge's ``ctx`` (BridgeContext) and
+    ``runner``."""
     storage = EncryptedCookieStorage(
         session_key(load_or_create_key(settings.secret_key, settings.data_dir)),
         cookie_name=COOKIE_NAME,
@@ -50,24 +51,28 @@ def setup_web(app: web.Application, settings: Settings, runtime: Callable[[web.A
         secure=settings.public_url.lower().startswith("https://"),
         max_age=None,  # a browser-session cookie; the pages check their own ages
     )
-    setup_session(app, storage)
-    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(ROOT / "templates")), autoescape=True)
+    # A sub-application of its own, so only these pages pay for the session middleware
+    # (not every webhook and activity).
+    pages_app = web.Application()
+    setup_session(pages_app, storage)
+    aiohttp_jinja2.setup(pages_app, loader=jinja2.FileSystemLoader(str(ROOT / "templates")), autoescape=True)
     pages = Pages(settings, runtime)
-    app[WEB] = pages
-    app.add_routes(
+    pages_app[WEB] = pages
+    pages_app.add_routes(
         [
-            web.get("/teams/login", pages.login),
-            web.get("/teams/callback", pages.callback),
-            web.get("/teams/pick", pages.pick),
-            web.post("/teams/pick", pages.pick_team),
-            web.post("/teams/check", pages.check_again),
-            web.get("/teams/settings", pages.settings_page),
-            web.post("/teams/settings", pages.save_settings),
-            web.post("/teams/disconnect", pages.disconnect),
-            web.get("/teams/app-package", pages.app_package),
-            web.static("/teams/static", str(ROOT / "static")),
+            web.get("/login", pages.login),
+            web.get("/callback", pages.callback),
+            web.get("/pick", pages.pick),
+            web.post("/pick", pages.pick_team),
+            web.post("/check", pages.check_again),
+            web.get("/settings", pages.settings_page),
+            web.post("/settings", pages.save_settings),
+            web.post("/disconnect", pages.disconnect),
+            web.get("/app-package", pages.app_package),
+            web.static("/static", str(ROOT / "static")),
         ]
     )
+    app.add_subapp("/teams", pages_app)
 
 
 __all__ = ["setup_web", "session_key"]

@@ -22,7 +22,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -56,7 +56,7 @@ class _Token:
 
 
 class Pages:
-    def __init__(self, settings: Settings, runtime: Callable[[web.Application], Any]) -> None:
+    def __init__(self, settings: Settings, runtime: Callable[[Mapping[Any, Any]], Any]) -> None:
         self.settings = settings
         self._runtime = runtime
         self._tokens: dict[str, _Token] = {}  # handle → the signed-in user's delegated Graph token
@@ -64,10 +64,10 @@ class Pages:
     # ------------------------------------------------------------------ helpers
 
     def ctx(self, request: web.Request) -> BridgeContext:
-        return self._runtime(request.app).ctx
+        return self._runtime(request.config_dict).ctx
 
     def _wake(self, request: web.Request) -> Callable[[], None]:
-        return self._runtime(request.app).runner.wake
+        return self._runtime(request.config_dict).runner.wake
 
     def _keep_token(self, user: SignedInUser) -> str:
         now = time.time()
