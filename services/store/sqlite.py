@@ -559,20 +559,18 @@ class SqliteStore(Store):
     """
 
     async def claim_jobs(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[Job]:
+        """Lease the claimable jobs in one statement (its own transaction, also against other
+        processes on the file): one trip to SQLite's thread per claim, which matters because
+        the job loop claims after every stored event."""
         if limit <= 0:
             return []
-        until = now + lease_seconds
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(self._CLAIMABLE, {"now": now, "limit": limit})
-            seqs = [r[0] for r in rows]
-            if not seqs:
-                return []
-            marks = ", ".join("?" for _ in seqs)
-            await db.execute(
-                f"UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE seq IN ({marks})", (owner, until, *seqs)
+        async with self._lock:
+            rows = await self.db.execute_fetchall(
+                f"UPDATE jobs SET lease_owner = :owner, lease_until = :until WHERE seq IN ({self._CLAIMABLE}) "
+                "RETURNING *",
+                {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit},
             )
-            rows = await db.execute_fetchall(f"SELECT * FROM jobs WHERE seq IN ({marks}) ORDER BY seq", seqs)
-        return [_from_row(Job, r) for r in rows]
+        return sorted((_from_row(Job, r) for r in rows), key=lambda job: job.seq)
 
     async def finish_job(self, seq: int, owner: str, status: str, error: str | None = None) -> bool:
         if status not in ("done", "dead"):
