@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # the same thread get it first.
 YIELD_TO_MESSAGES = 0.25
 MAX_RETRIES = 5
+STOP_GRACE = 10.0
 
 # TeamsPoster.update(reference, activity id, card, background=...)
 Update = Callable[..., Awaitable[None]]
@@ -52,16 +53,26 @@ class CardRefresher:
         self._pending: dict[str, _Refresh] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="card-refresher")
 
     async def stop(self) -> None:
+        """Let the update in flight finish (for up to ``STOP_GRACE`` seconds), drop the rest.
+
+        Cancelling at once would leave botbuilder's HTTP call running in its executor
+        thread after the process has let go of it: a request half made at shutdown."""
+        self._stopping.set()
+        self._wake.set()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         if self._pending:
             log.info(
                 "%d card refreshes dropped at shutdown (cards refresh again on the next message)", len(self._pending)
@@ -85,7 +96,7 @@ class CardRefresher:
         return self._locks.setdefault(key, asyncio.Lock())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
@@ -95,7 +106,8 @@ class CardRefresher:
             async with self._lock(key):
                 delay = await self._apply(key, refresh)
             if delay:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _apply(self, key: str, refresh: _Refresh) -> float:
         """Update every target; on throttling put the refresh back (unless a newer one
