@@ -729,6 +729,7 @@ def plot_bars(
     note: str | None = None,
     references: int = 1,
     log: bool = False,
+    fmt: str = "{:,.0f}",
 ) -> Path | None:
     """Median bars with the rounds' range as error bars, the first ``references`` grey, and
     a dashed line per ``goal`` (value, label); None when matplotlib is missing."""
@@ -752,7 +753,7 @@ def plot_bars(
     )
     for bar, value, above in zip(bars, medians, high, strict=True):
         ax.annotate(
-            f"{value:,.0f}",
+            fmt.format(value),
             (bar.get_x() + bar.get_width() / 2, value + above),
             ha="center",
             va="bottom",

@@ -720,6 +720,26 @@ def where_the_time_went(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+PLOT = _report.ROOT / "docs" / "performance" / "drain.png"
+
+
+def plot(results: list[Summary]) -> Path | None:
+    """Drain / floor per scenario (median, with the runs' range), against the goal."""
+    from bench._load import plot_bars
+
+    done = [s for s in results if s.drains]
+    return plot_bars(
+        PLOT,
+        "Burst drain: time to deliver a burst, as a ratio to the floor Teams' limits allow",
+        [s.scenario.title.split(":")[0].replace(" × ", "×\n") for s in done],
+        [[d / s.floor for d in s.drains] for s in done],
+        "drain / floor",
+        goal=(GOAL, f"goal ≤ {GOAL} × floor"),
+        references=0,
+        fmt="{:.2f}",
+    )
+
+
 def section(results: list[Summary], limits: Limits) -> str:
     scale = (
         "1 (Teams' published limits, real time)"
@@ -741,6 +761,7 @@ def section(results: list[Summary], limits: Limits) -> str:
         "",
         _report.markdown_table(HEADER, [row(r) for r in results]),
         "",
+        *([f"![burst drain]({PLOT.relative_to(_report.ROOT / 'docs').as_posix()})", ""] if plot(results) else []),
         "**Method.** Each scenario runs on a fresh world: the neetoChat and Microsoft 365 sandboxes and the "
         "bridge (`create_app`, embedded store in a temporary `DATA_DIR`) in one asyncio process on 127.0.0.1 "
         "ports, with the workspace connected as an admin would. The visitor messages are written into the "
