@@ -149,6 +149,8 @@ class TeamsBot(TeamsActivityHandler):
             },
             "reference": TurnContext.get_conversation_reference(activity).serialize(),
         }
+        if command and command.name == "note":
+            payload.update(text=command.args, internal=True)
         kind = "teams_close" if command and command.name == "close" else "teams_message"
         if await store_teams_work(self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload):
             self.on_enqueued()

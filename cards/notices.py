@@ -49,6 +49,8 @@ def message_html(message: dict[str, Any], conversation_url: str | None = None) -
     name = sender.get("name") or sender.get("email") or role or "Someone"
     stamp = (message.get("created_at") or "")[:16].replace("T", " ")
     header = f"<b>{html.escape(name)}</b> <i>({role}{', ' + stamp + ' UTC' if stamp else ''})</i>"
+    if message.get("internal"):
+        header = f"🔒 <b>Internal note</b> · {header}"
     body = message.get("body") or ""
     truncated = len(body) > MAX_TEXT_CHARS
     if truncated:

@@ -2,6 +2,7 @@
 
 Only a message that *is* a known command counts: ``/close`` (any case, surrounding spaces
 and the bot's @mention allowed). "please /close this" is a message to the visitor.
+``/note <text>`` is an internal note: saved in neetoChat, never shown to the visitor.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 _COMMAND = re.compile(r"^/(?P<name>[a-z]+)(?:\s+(?P<args>.*))?$", re.IGNORECASE | re.DOTALL)
 
 # name → description; the manifest's commandLists are built from this (manifest/build.py).
-KNOWN = {"close": "Close this conversation in neetoChat and delete its channel"}
+KNOWN = {
+    "close": "Close this conversation in neetoChat and delete its channel",
+    "note": "Save an internal note in neetoChat: your colleagues see it, the visitor never does",
+}
 
 
 @dataclass(frozen=True)

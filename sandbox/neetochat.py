@@ -361,6 +361,10 @@ class NeetoChatSandbox:
         self._set_status(ws, conversation, "open", self._optional_actor(ws, actor_agent_id))
         return copy.deepcopy(conversation.public)
 
+    def visitor_sees(self, subdomain: str, conversation_id: str) -> list[Json]:
+        """What the visitor's widget shows: every message but internal notes."""
+        return [m for m in self.messages(subdomain, conversation_id) if not m["internal"]]
+
     def messages(self, subdomain: str, conversation_id: str) -> list[Json]:
         """Every message in order, internal notes included."""
         _, conversation = self._find(subdomain, conversation_id)

@@ -286,6 +286,8 @@ class JobRunner:
         try:
             if job.kind in ("teams_message", "teams_close"):
                 what = "close the conversation" if job.kind == "teams_close" else "deliver this message to the visitor"
+                if job.payload.get("internal"):
+                    what = "save this note in neetoChat"
                 await to_neetochat.tell_thread(self.ctx, job.payload, f"⚠️ Could not {what}: {reason}")
             elif job.kind == "neetochat_event":
                 await to_teams.tell_undelivered(self.ctx, job.workspace_id, job.payload, reason)

@@ -127,15 +127,18 @@ class NeetoChatClient:
         body: str,
         external_id: str,
         attachment_ids: list[str] | None = None,
+        internal: bool = False,
     ) -> dict[str, Any]:
-        """Post as ``agent_id``; the Teams activity id is both ``external_id`` (so the
-        webhook echo is recognised) and the ``Idempotency-Key`` (so a retry after a lost
-        answer creates nothing new)."""
+        """Post as ``agent_id`` (an internal note when ``internal``: the visitor never sees
+        it); the Teams activity id is both ``external_id`` (so the webhook echo is
+        recognised) and the ``Idempotency-Key`` (so a retry after a lost answer creates
+        nothing new)."""
         payload: dict[str, Any] = {
             "agent_id": agent_id,
             "body": body,
             "source": "teams",
             "external_id": external_id,
+            "internal": internal,
         }
         if attachment_ids:
             payload["attachment_ids"] = attachment_ids

@@ -73,8 +73,9 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
         link = MessageLink(ws.id, conversation_id, None, activity_id, "to_neetochat", channel_id=channel_id)
         await ctx.store.add_message_link(link)
     text = payload.get("text") or ""
+    internal = bool(payload.get("internal"))
     if not text and not payload.get("attachments"):
-        raise Refused("the message has nothing the visitor could be sent")
+        raise Refused("a note needs text: /note <text>" if internal else "the message has nothing to send")
     client = ctx.neetochat(ws)
     agent = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
     conversation = await client.get_conversation(conversation_id)
@@ -84,7 +85,8 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
     body = "\n".join(part for part in [text, *delivery.links] if part)
     if not body and not delivery.attachment_ids:
         raise Refused("nothing in it could be sent. " + " ".join(delivery.notices))
-    if not conversation.get("assignee") or conversation["assignee"].get("type") != "agent":
+    # Replying takes the conversation (seed); a note for colleagues does not.
+    if not internal and (not conversation.get("assignee") or conversation["assignee"].get("type") != "agent"):
         await client.assign_to_agent(conversation_id, agent["id"], agent["id"])
     try:
         created = await client.create_message(
@@ -93,6 +95,7 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
             body=body,
             external_id=activity_id,
             attachment_ids=delivery.attachment_ids,
+            internal=internal,
         )
     except RemoteError as exc:
         if exc.status == 422:

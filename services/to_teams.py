@@ -360,8 +360,9 @@ async def _create_channel(
 
 
 def _is_bridgeable(message: dict[str, Any]) -> bool:
-    """Messages that belong in the channel: not internal notes, not what came from Teams."""
-    return not message.get("internal") and message.get("source") != "teams"
+    """Messages that belong in the channel: what did not come from Teams (internal notes
+    too, marked as such)."""
+    return message.get("source") != "teams"
 
 
 async def deliver_message(
@@ -377,9 +378,8 @@ async def deliver_message(
 
     A message written in Teams is an echo and not posted, unless this is the backfill of
     a channel that replaced a deleted one: its Teams post went with the old channel (its
-    link was forgotten), so the history shows it again."""
-    if message.get("internal"):
-        return
+    link was forgotten), so the history shows it again. Internal notes are posted marked
+    as internal: the channel is the team's, the visitor never sees it."""
     ws_id = dest.workspace.id
     external = message.get("external_id")
     if external and await ctx.store.get_link_by_activity_id(ws_id, external):

@@ -86,15 +86,16 @@ async def test_messages_written_before_the_channel_existed_are_backfilled_in_ord
     h.neeto.visitor_writes(WS, conv["id"], "fourth")
     h.neeto.release_webhooks(WS)
     channel = await h.wait_channel(conv["number"])
-    await wait_for(lambda: len(h.ms.posts(channel["id"])) >= 4, what="backfill")
+    await wait_for(lambda: len(h.ms.posts(channel["id"])) >= 5, what="backfill")
     await h.neeto.drain_webhooks()
     posts = h.ms.posts(channel["id"])
     texts = [p["text"] or "" for p in posts]
     assert "first" in _card_text(_cards(posts)[0])  # the first message is in the card...
     assert not any("first" in t for t in texts[1:])  # ...and not posted again
-    assert [t.split("<br>")[1] for t in texts[1:]] == ["second", "third, from the app", "fourth"]
+    bodies = [t.split("<br>")[1] for t in texts[1:]]
+    assert bodies == ["second", "third, from the app", "secret note", "fourth"]
     assert "Ada Agent" in texts[2] and "Bo" in texts[1]
-    assert not any("secret note" in t for t in texts)
+    assert "Internal note" in texts[3] and not any("Internal note" in t for t in texts[:3] + texts[4:])
 
 
 async def test_out_of_order_and_duplicate_webhooks_give_the_same_channel(connected):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cards.notices import message_html
-from dialogs.commands import parse_command
+from dialogs.commands import Command, parse_command
 from services.channel_names import FORBIDDEN, MAX_LENGTH, channel_name
 from services.config import ConfigError, Settings
 from services.teams_text import html_to_text
@@ -49,6 +49,19 @@ def test_close_command_variants(text):
 
 @pytest.mark.parametrize("text", ["please /close this", "/closed", "/close now please", "close", "/unknownthing", ""])
 def test_text_that_is_not_the_close_command(text):
+    assert parse_command(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "args"),
+    [("/note VIP customer", "VIP customer"), ("  /NOTE  two\nlines  ", "two\nlines"), ("/note", "")],
+)
+def test_note_command_keeps_its_text(text, args):
+    assert parse_command(text) == Command("note", args)
+
+
+@pytest.mark.parametrize("text", ["please /note this", "/notes about it", "note: call back"])
+def test_text_that_is_not_the_note_command(text):
     assert parse_command(text) is None
 
 
