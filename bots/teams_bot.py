@@ -149,8 +149,13 @@ class TeamsBot(TeamsActivityHandler):
             },
             "reference": TurnContext.get_conversation_reference(activity).serialize(),
         }
+        kind = "teams_message"
         if command and command.name == "note":
             payload.update(text=command.args, internal=True)
-        kind = "teams_close" if command and command.name == "close" else "teams_message"
+        elif command and command.name == "close":
+            kind = "teams_close"
+        elif command:
+            kind = "teams_command"
+            payload.update(command=command.name, problem=command.problem)
         if await store_teams_work(self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload):
             self.on_enqueued()

@@ -1,21 +1,28 @@
 """Channel commands typed in a conversation channel.
 
-Only a message that *is* a known command counts: ``/close`` (any case, surrounding spaces
-and the bot's @mention allowed). "please /close this" is a message to the visitor.
-``/note <text>`` is an internal note: saved in neetoChat, never shown to the visitor.
+A message that starts with ``/word`` is a command (any case, surrounding spaces and the
+bot's @mention allowed); anything else, "please /close this" included, is a message to the
+visitor. A ``/word`` the bridge does not know gets the help text instead of reaching the
+visitor, and so does a known command used the wrong way (``/close now``): a typo must not
+send half a command to a customer.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass
 
 _COMMAND = re.compile(r"^/(?P<name>[a-z]+)(?:\s+(?P<args>.*))?$", re.IGNORECASE | re.DOTALL)
 
-# name → description; the manifest's commandLists are built from this (manifest/build.py).
+# name → description; the manifest's commandLists are built from this
+# (manifest/build.py) and /help lists it.
 KNOWN = {
     "close": "Close this conversation in neetoChat and delete its channel",
-    "note": "Save an internal note in neetoChat: your colleagues see it, the visitor never does",
+    "note": "/note <text>: an internal note in neetoChat; colleagues see it, the visitor never does",
+    "assign": "/assign me: assign this conversation to yourself (you must be a neetoChat agent)",
+    "unassign": "Unassign this conversation",
+    "help": "List these commands",
 }
 
 
@@ -23,15 +30,28 @@ KNOWN = {
 class Command:
     name: str
     args: str
+    problem: str | None = None  # set on "help": why the help is shown instead
 
 
 def parse_command(text: str) -> Command | None:
     """The command in ``text`` (mention already removed), or None for a normal message."""
     match = _COMMAND.match(text.strip())
-    if not match or match.group("name").lower() not in KNOWN:
+    if not match:
         return None
     name = match.group("name").lower()
     args = (match.group("args") or "").strip()
-    if name == "close" and args:
-        return None  # "/close now please" reads as prose; the command takes no arguments
+    if name not in KNOWN:
+        return Command("help", "", f"/{name} is not a command")
+    if name in ("close", "unassign", "help") and args:
+        return Command("help", "", f"/{name} takes nothing after it")
+    if name == "assign" and args.lower() != "me":
+        return Command("help", "", "use /assign me")
     return Command(name, args)
+
+
+def help_html(problem: str | None = None) -> str:
+    """The commands, as the bot answers /help (and unknown commands)."""
+    lines = [f"<b>{problem}.</b>"] if problem else []
+    lines.append("Commands in a conversation channel (anything else is sent to the visitor):")
+    lines += [f"<b>/{name}</b> — {html.escape(description)}" for name, description in KNOWN.items()]
+    return "<br>".join(lines)

@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from dialogs.run import run_command
 from services import to_neetochat, to_teams
 from services.context import BOT_REMOVED, BridgeContext, NotLinked
 from services.errors import RemoteError
@@ -224,6 +225,8 @@ class JobRunner:
             await to_neetochat.send_message(self.ctx, ws, job.payload)
         elif job.kind == "teams_close":
             await to_neetochat.close_from_teams(self.ctx, ws, job.payload)
+        elif job.kind == "teams_command":
+            await run_command(self.ctx, ws, job.payload)
         elif job.kind == "channel_deleted":
             await to_teams.channel_gone(self.ctx, ws, job.payload)
         elif job.kind == "link_confirmation":
@@ -284,10 +287,12 @@ class JobRunner:
         if reason.startswith(BOT_REMOVED):
             return  # nowhere in Teams to say it: the operator status does
         try:
-            if job.kind in ("teams_message", "teams_close"):
+            if job.kind in ("teams_message", "teams_close", "teams_command"):
                 what = "close the conversation" if job.kind == "teams_close" else "deliver this message to the visitor"
                 if job.payload.get("internal"):
                     what = "save this note in neetoChat"
+                elif job.kind == "teams_command":
+                    what = f"do /{job.payload['command']}"
                 await to_neetochat.tell_thread(self.ctx, job.payload, f"⚠️ Could not {what}: {reason}")
             elif job.kind == "neetochat_event":
                 await to_teams.tell_undelivered(self.ctx, job.workspace_id, job.payload, reason)

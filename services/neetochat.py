@@ -167,6 +167,11 @@ class NeetoChatClient:
             json={"agent_id": agent_id, "actor_agent_id": actor_agent_id},
         )
 
+    async def unassign(self, conversation_id: str, actor_agent_id: str) -> dict[str, Any]:
+        return await self._call(
+            "DELETE", f"/conversations/{conversation_id}/assignee", params={"actor_agent_id": actor_agent_id}
+        )
+
     async def close_conversation(self, conversation_id: str, actor_agent_id: str) -> dict[str, Any]:
         return await self._call(
             "POST", f"/conversations/{conversation_id}/close", json={"actor_agent_id": actor_agent_id}

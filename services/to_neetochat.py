@@ -40,7 +40,21 @@ class Refused(Exception):
 async def resolve_agent(
     ctx: BridgeContext, ws: Workspace, reference: dict[str, Any], user: dict[str, Any]
 ) -> dict[str, Any]:
-    """The neetoChat agent a Teams user writes as."""
+    """The neetoChat agent a Teams user writes as: their own (matched by email), else the
+    user who authorized the integration."""
+    agent = await agent_of(ctx, ws, reference, user)
+    if agent:
+        return agent
+    fallback = (ws.authorizing_user or {}).get("agent_id")
+    if not fallback:
+        raise Refused("the integration has no authorizing user to write as; reconnect it from neetoChat")
+    return {"id": fallback, "name": (ws.authorizing_user or {}).get("name")}
+
+
+async def agent_of(
+    ctx: BridgeContext, ws: Workspace, reference: dict[str, Any], user: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The Teams user's own neetoChat agent (matched by email), or None."""
     client = ctx.neetochat(ws)
     email = user.get("email")
     if not email and user.get("id"):
@@ -51,14 +65,7 @@ async def resolve_agent(
             if exc.retryable:
                 raise
             log.warning("member lookup refused: %s", exc)  # fall back to the authorizing user
-    if email:
-        agent = await client.find_agent_by_email(email)
-        if agent:
-            return agent
-    fallback = (ws.authorizing_user or {}).get("agent_id")
-    if not fallback:
-        raise Refused("the integration has no authorizing user to write as; reconnect it from neetoChat")
-    return {"id": fallback, "name": (ws.authorizing_user or {}).get("name")}
+    return await client.find_agent_by_email(email) if email else None
 
 
 async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
@@ -119,5 +126,10 @@ async def close_from_teams(ctx: BridgeContext, ws: Workspace, payload: dict[str,
 
 async def tell_thread(ctx: BridgeContext, payload: dict[str, Any], text: str) -> None:
     """Reply in the Teams thread the message came from (failures must be visible there)."""
-    activity = Activity(type=ActivityTypes.message, text=notices.notice_html(text), text_format="xml")
+    await reply_in_thread(ctx, payload, notices.notice_html(text))
+
+
+async def reply_in_thread(ctx: BridgeContext, payload: dict[str, Any], markup: str) -> None:
+    """Post ``markup`` (HTML) as a reply to the Teams message the job came from."""
+    activity = Activity(type=ActivityTypes.message, text=markup, text_format="xml")
     await ctx.poster.reply(payload["reference"], activity)

@@ -47,9 +47,29 @@ def test_close_command_variants(text):
     assert command is not None and command.name == "close"
 
 
-@pytest.mark.parametrize("text", ["please /close this", "/closed", "/close now please", "close", "/unknownthing", ""])
-def test_text_that_is_not_the_close_command(text):
+@pytest.mark.parametrize("text", ["please /close this", "close", "", "a/close", "/ close"])
+def test_text_that_is_a_message_not_a_command(text):
     assert parse_command(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("/closed", "/closed is not a command"),
+        ("/unknownthing now", "/unknownthing is not a command"),
+        ("/close now please", "/close takes nothing after it"),
+        ("/assign bob", "use /assign me"),
+        ("/help me", "/help takes nothing after it"),
+    ],
+)
+def test_unknown_or_misused_commands_get_the_help_not_the_visitor(text, problem):
+    assert parse_command(text) == Command("help", "", problem)
+
+
+@pytest.mark.parametrize(("text", "name"), [("/help", "help"), ("/Assign ME", "assign"), ("/unassign ", "unassign")])
+def test_commands_without_text(text, name):
+    command = parse_command(text)
+    assert command is not None and command.name == name and command.problem is None
 
 
 @pytest.mark.parametrize(
@@ -60,7 +80,7 @@ def test_note_command_keeps_its_text(text, args):
     assert parse_command(text) == Command("note", args)
 
 
-@pytest.mark.parametrize("text", ["please /note this", "/notes about it", "note: call back"])
+@pytest.mark.parametrize("text", ["please /note this", "note: call back"])
 def test_text_that_is_not_the_note_command(text):
     assert parse_command(text) is None
 

@@ -1,0 +1,62 @@
+"""Channel commands: what each does in neetoChat and what the writer sees in the thread.
+Answers come from the job loop (the same delivery engine as messages)."""
+
+from __future__ import annotations
+
+from tests.harness import WS, wait_for
+
+
+async def _reply_to(h, channel_id: str, sent: dict, containing: str) -> dict:
+    def find():
+        post = next(p for p in h.ms.posts(channel_id) if p["id"] == sent["activity"]["id"])
+        return next((r for r in post["replies"] if containing in (r["text"] or "")), None)
+
+    return await wait_for(find, what=f"a reply containing {containing!r}")
+
+
+async def _conversation(h, name: str):
+    conv = h.neeto.start_conversation(WS, visitor_name=name, visitor_email=f"{name.lower()}@example.com", message="hi")
+    return conv, await h.wait_channel(conv["number"])
+
+
+async def test_help_lists_the_commands_and_sends_nothing_to_the_visitor(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Lou")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/help")
+    reply = await _reply_to(h, channel["id"], sent, "/assign")
+    for command in ("/close", "/note", "/assign", "/unassign", "/help"):
+        assert command in reply["text"]
+    await h.neeto.drain_webhooks()
+    assert not h.from_teams(conv["id"])
+
+
+async def test_an_unknown_command_gets_the_help_instead_of_reaching_the_visitor(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Max")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/closed")
+    reply = await _reply_to(h, channel["id"], sent, "/closed is not a command")
+    assert "/close" in reply["text"] and "/help" in reply["text"]
+    assert not h.from_teams(conv["id"])
+    assert h.conversation_channel(conv["number"]) is not None, "nothing was closed"
+
+
+async def test_assign_me_assigns_the_agent_who_wrote_it_and_unassign_undoes_it(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Ned")
+    await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/assign me")
+    await wait_for(
+        lambda: (h.neeto.conversation(WS, conv["id"])["assignee"] or {}).get("id") == h.ada_agent["id"],
+        what="the conversation assigned to Ada",
+    )
+    await wait_for(lambda: any("assigned" in (p["text"] or "") for p in h.ms.posts(channel["id"])), what="the notice")
+    await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/unassign")
+    await wait_for(lambda: h.neeto.conversation(WS, conv["id"])["assignee"] is None, what="unassigned")
+    assert not h.from_teams(conv["id"])
+
+
+async def test_assign_me_by_someone_who_is_not_an_agent_is_refused_with_the_reason(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Oz")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.olly, "/assign me")
+    await _reply_to(h, channel["id"], sent, "not a neetoChat agent")
+    assert h.neeto.conversation(WS, conv["id"])["assignee"] is None
