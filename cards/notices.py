@@ -131,6 +131,14 @@ def channel_recreated_html(number: Any, channel_name: str | None, channel_url: s
     )
 
 
+def reopened_html(number: Any, channel_name: str | None, channel_url: str | None, actor: dict | None) -> str:
+    """Told in the notification channel when a closed conversation is reopened."""
+    name = html.escape(channel_name or "a new channel")
+    where = f'<a href="{html.escape(channel_url)}">{name}</a>' if channel_url else f"<b>{name}</b>"
+    by = f" by {html.escape(actor.get('name') or 'an agent')}" if actor else ""
+    return f"🔓 Conversation #{number} was reopened{by}. It continues in {where}, with its history."
+
+
 def threaded_html(number: Any) -> str:
     """The first reply of a conversation that lives as a thread (the team's channel cap)."""
     return (

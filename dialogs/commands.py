@@ -22,6 +22,7 @@ KNOWN = {
     "note": "/note <text>: an internal note in neetoChat; colleagues see it, the visitor never does",
     "assign": "/assign me: assign this conversation to yourself (you must be a neetoChat agent)",
     "unassign": "Unassign this conversation",
+    "status": "Show this conversation's card: visitor, assignee, status, last reply",
     "help": "List these commands",
 }
 
@@ -42,7 +43,7 @@ def parse_command(text: str) -> Command | None:
     args = (match.group("args") or "").strip()
     if name not in KNOWN:
         return Command("help", "", f"/{name} is not a command")
-    if name in ("close", "unassign", "help") and args:
+    if name in ("close", "unassign", "status", "help") and args:
         return Command("help", "", f"/{name} takes nothing after it")
     if name == "assign" and args.lower() != "me":
         return Command("help", "", "use /assign me")

@@ -10,6 +10,7 @@ from dialogs.commands import help_html
 from services.context import BridgeContext
 from services.store.base import Workspace
 from services.to_neetochat import Refused, agent_of, reply_in_thread, resolve_agent
+from services.to_teams import card_activity, conversation_card
 
 
 async def run_command(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
@@ -22,6 +23,11 @@ async def run_command(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]
         if agent is None:
             raise Refused("you are not a neetoChat agent (matched by your email), so you cannot be assigned")
         await client.assign_to_agent(conversation_id, agent["id"], agent["id"])
+    elif command == "status":  # the card as it is now, as a reply (a snapshot: not kept current)
+        dest = await ctx.destination(ws)
+        portal = await ctx.store.get_portal(ws.id, conversation_id)
+        conversation = await client.get_conversation(conversation_id)
+        await ctx.poster.reply(payload["reference"], card_activity(conversation_card(dest, portal, conversation)))
     elif command == "unassign":
         actor = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
         await client.unassign(conversation_id, actor["id"])

@@ -157,9 +157,21 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
         await close_portal(ctx, dest, conversation, data.get("actor"))
         return
     try:
+        reopened = await reopen_portal(ctx, dest, conversation["id"]) or name == "conversation.reopened"
         portal = await ensure_portal(ctx, dest, conversation["id"])
         if portal is None or portal.state != "open":
             return
+        if reopened:
+            refresh_cards(ctx, dest, portal, conversation)
+            text = notices.reopened_html(portal.number, portal.channel_name, portal.channel_url, data.get("actor"))
+            await post_once(
+                ctx,
+                dest,
+                portal.conversation_id,
+                f"reopened:{event['id']}",
+                dest.notification_channel_id,
+                html_activity(text),
+            )
         if name == "message.created":
             await deliver_message(ctx, dest, portal, data["message"], conversation)
             if not data["message"].get("internal"):
@@ -169,8 +181,8 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
         elif name in ("conversation.assigned", "conversation.unassigned"):
             await post_assignment(ctx, dest, portal, event)
             refresh_cards(ctx, dest, portal, conversation)
-        # conversation.created is fully handled by ensure_portal; the other events
-        # (edits, deletes, reopen) come with later features and change nothing here.
+        # conversation.created is fully handled by ensure_portal; edits and deletes come
+        # with a later feature and change nothing here.
     except RemoteError as exc:
         if not (exc.service == "Teams" and exc.status == 404):
             raise
@@ -189,6 +201,17 @@ async def _channel_missing(ctx: BridgeContext, dest: Destination, portal: Portal
     return not await _graph(ctx, dest).exists(group_id, portal.channel_id)
 
 
+# A portal's fields about its channel, reset so that ensure_portal opens a new channel.
+NO_CHANNEL: dict[str, Any] = {
+    "channel_id": None,
+    "channel_name": None,
+    "channel_url": None,
+    "intro_activity_id": None,
+    "conversation_reference": None,
+    "backfilled": False,
+}
+
+
 async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
     """Someone deleted an open conversation's channel in Teams: give the conversation a new
     channel with its whole history (the old posts went with the old channel) and say so in
@@ -201,16 +224,7 @@ async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
         return
     if portal.channel_id == gone:
         await ctx.store.forget_channel_links(ws.id, conv_id, gone)
-        await ctx.store.update_portal(
-            ws.id,
-            conv_id,
-            channel_id=None,
-            channel_name=None,
-            channel_url=None,
-            intro_activity_id=None,
-            conversation_reference=None,
-            backfilled=False,
-        )
+        await ctx.store.update_portal(ws.id, conv_id, **NO_CHANNEL)
         log.warning("conversation channel %s was deleted in Teams: opening a new one", gone)
     conversation = await ctx.neetochat(ws).get_conversation(conv_id)
     if conversation.get("status") == "closed":
@@ -224,6 +238,30 @@ async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
         return  # the channel cap was reached meanwhile: the thread's first reply says so
     text = notices.channel_recreated_html(portal.number, portal.channel_name, portal.channel_url)
     await post_once(ctx, dest, conv_id, f"moved:{conv_id}:{gone}", dest.notification_channel_id, html_activity(text))
+
+
+async def reopen_portal(ctx: BridgeContext, dest: Destination, conversation_id: str) -> bool:
+    """A closed conversation is open again in neetoChat (``conversation.reopened``, or any
+    event of it while it is open again, should that event have been lost): make its portal
+    open without a channel, so that ``ensure_portal`` gives it a new one (the old name stays
+    taken for 30 days: ``<n> <name> 2``) with the whole history. True if it did."""
+    ws_id = dest.workspace.id
+    portal = await ctx.store.get_portal(ws_id, conversation_id)
+    if portal is None or portal.state != "closed":
+        return False
+    conversation = await ctx.neetochat(dest.workspace).get_conversation(conversation_id)
+    if conversation.get("status") == "closed":
+        return False  # a late event of the conversation's earlier life
+    if portal.channel_id:
+        # The old posts went with the deleted channel (or stay in the notification channel's
+        # thread): forget them, so that the history is posted again in the new channel.
+        await ctx.store.forget_channel_links(ws_id, conversation_id, portal.channel_id)
+    # number: a tombstone (closed before we saw it) has none
+    await ctx.store.update_portal(
+        ws_id, conversation_id, number=conversation["number"], state="open", thread_id=None, **NO_CHANNEL
+    )
+    log.info("conversation reopened: opening a channel for it again")
+    return True
 
 
 async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: str) -> Portal | None:

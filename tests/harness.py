@@ -226,3 +226,8 @@ def require_chromium() -> None:
             f"{CHROMIUM} is missing{f' (found {found})' if found else ''}: "
             "install Debian's Chromium with `apt-get update && apt-get install -y chromium`"
         )
+
+
+def post_bodies(posts: list[dict[str, Any]]) -> list[str]:
+    """The message text of bridged posts (after the bold sender line)."""
+    return [p["text"].split("<br>", 1)[1] for p in posts if p["text"] and "<br>" in p["text"]]

@@ -3,12 +3,7 @@ it, the team is at its channel cap, the bot is removed and added back."""
 
 from __future__ import annotations
 
-from tests.harness import WS, wait_for
-
-
-def _bodies(posts: list[dict]) -> list[str]:
-    """The message text of bridged posts (after the bold sender line)."""
-    return [p["text"].split("<br>", 1)[1] for p in posts if p["text"] and "<br>" in p["text"]]
+from tests.harness import WS, post_bodies, wait_for
 
 
 async def test_a_deleted_channel_is_replaced_with_the_whole_history(connected):
@@ -28,7 +23,7 @@ async def test_a_deleted_channel_is_replaced_with_the_whole_history(connected):
     await wait_for(lambda: len(h.ms.posts(new["id"])) == 3, what="card and history in the new channel")
     posts = h.ms.posts(new["id"])
     assert posts[0]["attachments"], "the conversation card opens the new channel"
-    assert _bodies(posts[1:]) == ["my order is late", "Looking into it"]
+    assert post_bodies(posts[1:]) == ["my order is late", "Looking into it"]
     notice = await wait_for(
         lambda: next((p for p in h.general_posts() if "was deleted" in (p["text"] or "")), None),
         what="the notice in the notification channel",
@@ -58,7 +53,7 @@ async def test_a_channel_deleted_without_notice_is_found_at_the_next_post(connec
     h.ms.delete_channel(h.team_id, old["id"])  # the bot never hears of it
     h.neeto.visitor_writes(WS, conv["id"], "anyone?")
     new = await wait_for(lambda: h.ms.channel_by_name(h.team_id, f"{conv['number']} Oz 2"), what="a new channel")
-    await wait_for(lambda: _bodies(h.ms.posts(new["id"])) == ["anyone?"], what="the message in the new channel")
+    await wait_for(lambda: post_bodies(h.ms.posts(new["id"])) == ["anyone?"], what="the message in the new channel")
 
 
 async def test_closing_deletes_the_channel_without_opening_a_new_one(connected):
@@ -95,7 +90,7 @@ async def test_at_the_channel_cap_the_conversation_lives_in_a_thread(connected):
 
     h.neeto.visitor_writes(WS, conv["id"], "my order is late")
     await wait_for(lambda: len(thread()["replies"]) == 2, what="the visitor's message in the thread")
-    assert _bodies(thread()["replies"][1:]) == ["my order is late"]
+    assert post_bodies(thread()["replies"][1:]) == ["my order is late"]
 
     await h.ms.user_posts(h.team_id, h.team_id, h.ada, "Looking into it", reply_to=root["id"])
     await wait_for(lambda: h.from_teams(conv["id"]), what="the thread reply in neetoChat")
@@ -127,7 +122,7 @@ async def test_a_removed_bot_pauses_delivery_and_catches_up_when_added_back(conn
 
     await h.ms.install_bot(h.team_id, by_user=h.adam)
     channel = await h.wait_channel(conv["number"])
-    await wait_for(lambda: _bodies(h.ms.posts(channel["id"])) == ["are you there?"], what="the message caught up")
+    await wait_for(lambda: post_bodies(h.ms.posts(channel["id"])) == ["are you there?"], what="the message caught up")
     _, body = await h.admin("GET", f"/api/admin/workspaces/{WS}")
     assert body["deliveries"]["failed"] == 0
     assert body["teams"]["problem"] is None
@@ -147,4 +142,4 @@ async def test_teams_refusing_the_bot_marks_it_removed(connected):
 
     await wait_for(marked, what="the link marked and the message held")
     await h.ms.install_bot(h.team_id, by_user=h.adam)
-    await wait_for(lambda: _bodies(h.ms.posts(channel["id"])) == ["hello?"], what="the message after re-adding")
+    await wait_for(lambda: post_bodies(h.ms.posts(channel["id"])) == ["hello?"], what="the message after re-adding")

@@ -24,7 +24,7 @@ async def test_help_lists_the_commands_and_sends_nothing_to_the_visitor(connecte
     conv, channel = await _conversation(h, "Lou")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/help")
     reply = await _reply_to(h, channel["id"], sent, "/assign")
-    for command in ("/close", "/note", "/assign", "/unassign", "/help"):
+    for command in ("/close", "/note", "/assign", "/unassign", "/status", "/help"):
         assert command in reply["text"]
     await h.neeto.drain_webhooks()
     assert not h.from_teams(conv["id"])
@@ -60,3 +60,19 @@ async def test_assign_me_by_someone_who_is_not_an_agent_is_refused_with_the_reas
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.olly, "/assign me")
     await _reply_to(h, channel["id"], sent, "not a neetoChat agent")
     assert h.neeto.conversation(WS, conv["id"])["assignee"] is None
+
+
+async def test_status_answers_with_the_conversation_card(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Pia")
+    h.neeto.assign(WS, conv["id"], agent_id=h.ada_agent["id"])
+    await wait_for(lambda: any("assigned" in (p["text"] or "") for p in h.ms.posts(channel["id"])), what="assigned")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.olly, "/status")
+
+    def card():
+        post = next(p for p in h.ms.posts(channel["id"]) if p["id"] == sent["activity"]["id"])
+        return next((r for r in post["replies"] if r["attachments"]), None)
+
+    content = str((await wait_for(card, what="the card in the thread"))["attachments"][0]["content"])
+    assert "pia@example.com" in content and "Ada" in content
+    assert not h.from_teams(conv["id"])
