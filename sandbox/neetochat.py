@@ -361,6 +361,26 @@ class NeetoChatSandbox:
         self._set_status(ws, conversation, "open", self._optional_actor(ws, actor_agent_id))
         return copy.deepcopy(conversation.public)
 
+    def edit_message(self, subdomain: str, conversation_id: str, message_id: str, body: str) -> Json:
+        """Someone edits a message in the neetoChat app (or the widget)."""
+        ws, conversation = self._find(subdomain, conversation_id)
+        message = next((m for _, m in conversation.messages if m["id"] == message_id), None)
+        if message is None:
+            raise SandboxError(404, "Message not found")
+        _check_body(body, has_attachments=bool(message["attachments"]))
+        message["body"] = body
+        self._emit(ws, "message.updated", conversation, {"message": message})
+        return copy.deepcopy(message)
+
+    def delete_message(self, subdomain: str, conversation_id: str, message_id: str) -> None:
+        """Someone deletes a message in the neetoChat app (or the widget)."""
+        ws, conversation = self._find(subdomain, conversation_id)
+        if not any(m["id"] == message_id for _, m in conversation.messages):
+            raise SandboxError(404, "Message not found")
+        conversation.messages = [entry for entry in conversation.messages if entry[1]["id"] != message_id]
+        reference = {"id": message_id, "conversation_id": conversation_id}
+        self._emit(ws, "message.deleted", conversation, {"message": reference})
+
     def visitor_sees(self, subdomain: str, conversation_id: str) -> list[Json]:
         """What the visitor's widget shows: every message but internal notes."""
         return [m for m in self.messages(subdomain, conversation_id) if not m["internal"]]

@@ -178,11 +178,14 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
                 # The last reply time moved: the notification card shows it to people outside
                 # the channel; the channel's own card is not worth a second Teams call per message.
                 refresh_cards(ctx, dest, portal, conversation, channel_card=False)
+        elif name == "message.updated":
+            await edit_message(ctx, dest, portal, data["message"], conversation)
+        elif name == "message.deleted":
+            await delete_message(ctx, dest, portal, data["message"]["id"])
         elif name in ("conversation.assigned", "conversation.unassigned"):
             await post_assignment(ctx, dest, portal, event)
             refresh_cards(ctx, dest, portal, conversation)
-        # conversation.created is fully handled by ensure_portal; edits and deletes come
-        # with a later feature and change nothing here.
+        # conversation.created is fully handled by ensure_portal.
     except RemoteError as exc:
         if not (exc.service == "Teams" and exc.status == 404):
             raise
@@ -434,6 +437,45 @@ async def deliver_message(
         html_activity(text),
         thread_id=portal.thread_id,
     )
+
+
+async def _bridged_post(
+    ctx: BridgeContext, dest: Destination, portal: Portal, message_id: str
+) -> tuple[dict[str, Any], str] | None:
+    """The (thread reference, activity id) of the post showing neetoChat message
+    ``message_id`` in the portal's current channel, or None (never posted, written in Teams,
+    or in a channel since replaced)."""
+    link = await ctx.store.get_link_by_neeto_id(dest.workspace.id, message_id)
+    if link is None or not link.teams_activity_id or link.direction != "to_teams":
+        log.info("edit or delete of message %s, which has no post of the bridge: ignored", message_id)
+        return None
+    if link.channel_id and link.channel_id != portal.channel_id:
+        return None
+    root = portal.thread_id or link.teams_activity_id
+    reference = ctx.poster.thread_reference(dest.service_url, dest.tenant_id, portal.channel_id, root)
+    return reference, link.teams_activity_id
+
+
+async def edit_message(
+    ctx: BridgeContext, dest: Destination, portal: Portal, message: dict[str, Any], conversation: dict[str, Any]
+) -> None:
+    """``message.updated``: the post shows the new text (Teams marks it edited)."""
+    found = await _bridged_post(ctx, dest, portal, message["id"])
+    if found:
+        await check_lease(ctx.store)
+        await ctx.poster.update(*found, html_activity(notices.message_html(message, conversation.get("url"))))
+
+
+async def delete_message(ctx: BridgeContext, dest: Destination, portal: Portal, message_id: str) -> None:
+    """``message.deleted``: the post is deleted too (gone already is fine)."""
+    found = await _bridged_post(ctx, dest, portal, message_id)
+    if found:
+        await check_lease(ctx.store)
+        try:
+            await ctx.poster.delete(*found)
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
 
 
 async def post_assignment(ctx: BridgeContext, dest: Destination, portal: Portal, event: dict[str, Any]) -> None:
