@@ -687,7 +687,7 @@ def section(results: Results, args: argparse.Namespace) -> str:
         "Teams (the Microsoft sandbox, Teams' published rate limits) in the background while it takes them in, "
         "as in production; most events are still pending at the end of a run (the backlog). Not linked, every "
         "event would become a dead letter at once, and what the bridge does per dead letter (an error line, and a "
-        "failed attempt to post a notice about it, logged with its traceback) would be measured instead"
+        "warning that there is no team to tell) would be measured instead"
         if args.teams_side == "linked"
         else "connected but not linked to a team: each event becomes a dead letter as soon as the job loop reaches it"
     )
