@@ -157,11 +157,10 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
         await close_portal(ctx, dest, conversation, data.get("actor"))
         return
     try:
-        reopened = await reopen_portal(ctx, dest, conversation["id"]) or name == "conversation.reopened"
         portal = await ensure_portal(ctx, dest, conversation["id"])
         if portal is None or portal.state != "open":
             return
-        if reopened:
+        if name == "conversation.reopened":  # ensure_portal gave it a channel again
             refresh_cards(ctx, dest, portal, conversation)
             text = notices.reopened_html(portal.number, portal.channel_name, portal.channel_url, data.get("actor"))
             await post_once(
@@ -243,32 +242,30 @@ async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
     await post_once(ctx, dest, conv_id, f"moved:{conv_id}:{gone}", dest.notification_channel_id, html_activity(text))
 
 
-async def reopen_portal(ctx: BridgeContext, dest: Destination, conversation_id: str) -> bool:
-    """A closed conversation is open again in neetoChat (``conversation.reopened``, or any
-    event of it while it is open again, should that event have been lost): make its portal
-    open without a channel, so that ``ensure_portal`` gives it a new one (the old name stays
-    taken for 30 days: ``<n> <name> 2``) with the whole history. True if it did."""
-    ws_id = dest.workspace.id
-    portal = await ctx.store.get_portal(ws_id, conversation_id)
-    if portal is None or portal.state != "closed":
-        return False
+async def _reopen(ctx: BridgeContext, dest: Destination, portal: Portal) -> Portal | None:
+    """A closed portal whose conversation is open again in neetoChat (``conversation.reopened``,
+    or any event of it while it is open again, should that event have been lost): open it
+    without a channel, so that ``ensure_portal`` gives it a new one (the old name stays taken
+    for 30 days: ``<n> <name> 2``) with the whole history. None for a late event of the
+    conversation's earlier life (it is still closed)."""
+    ws_id, conversation_id = portal.workspace_id, portal.conversation_id
     conversation = await ctx.neetochat(dest.workspace).get_conversation(conversation_id)
     if conversation.get("status") == "closed":
-        return False  # a late event of the conversation's earlier life
+        return None
     if portal.channel_id:
         # The old posts went with the deleted channel (or stay in the notification channel's
         # thread): forget them, so that the history is posted again in the new channel.
         await ctx.store.forget_channel_links(ws_id, conversation_id, portal.channel_id)
     # number: a tombstone (closed before we saw it) has none
-    await ctx.store.update_portal(
-        ws_id, conversation_id, number=conversation["number"], state="open", thread_id=None, **NO_CHANNEL
-    )
+    fields = {"number": conversation["number"], "state": "open", "thread_id": None, **NO_CHANNEL}
+    await ctx.store.update_portal(ws_id, conversation_id, **fields)
     log.info("conversation reopened: opening a channel for it again")
-    return True
+    return replace(portal, **fields)
 
 
 async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: str) -> Portal | None:
-    """The conversation's portal, created and backfilled if it does not exist yet.
+    """The conversation's portal, created and backfilled if it does not exist yet, or again
+    if the conversation was closed and is open again.
 
     None when the conversation is closed and never had a channel: a late
     ``conversation.created`` must not resurrect a closed conversation.
@@ -279,7 +276,10 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
     if portal and portal.state == "open" and portal.backfilled:
         return portal
     if portal and portal.state == "closed":
-        return portal
+        reopened = await _reopen(ctx, dest, portal)
+        if reopened is None:
+            return portal
+        portal = reopened
     client = ctx.neetochat(dest.workspace)
     conversation = await client.get_conversation(conv_id)  # the event's copy may be stale
     if portal is None:

@@ -53,3 +53,17 @@ async def test_a_visitor_writing_to_a_closed_conversation_reopens_it_in_teams(co
     )
     await h.neeto.drain_webhooks()
     assert len([p for p in h.general_posts() if "was reopened" in (p["text"] or "")]) == 1
+
+
+async def test_a_lost_reopen_event_is_made_up_for_by_the_next_event(connected):
+    h = connected
+    conv = h.neeto.start_conversation(WS, visitor_name="Tam", visitor_email="tam@example.com", message="hi")
+    await h.wait_channel(conv["number"])
+    h.neeto.close(WS, conv["id"], actor_agent_id=h.ada_agent["id"])
+    await wait_for(lambda: h.conversation_channel(conv["number"]) is None, what="closed")
+    h.neeto.set_webhook_url(WS, None)  # conversation.reopened never reaches the bridge
+    h.neeto.reopen(WS, conv["id"], actor_agent_id=h.ada_agent["id"])
+    h.neeto.set_webhook_url(WS, h.webhook_url)
+    h.neeto.visitor_writes(WS, conv["id"], "hello again")
+    new = await wait_for(lambda: h.ms.channel_by_name(h.team_id, f"{conv['number']} Tam 2"), what="a new channel")
+    await wait_for(lambda: "hello again" in post_bodies(h.ms.posts(new["id"])), what="the message in it")
