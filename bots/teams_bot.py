@@ -23,8 +23,8 @@ from services.card_actions import handle_card_action
 from services.context import BOT_REMOVED, BridgeContext
 from services.inbox import store_teams_work
 from services.log_context import bind
-from services.store.base import Installation
-from services.teams_content import read_activity
+from services.store.base import Installation, Portal
+from services.teams_content import mentioned_people, read_activity
 
 log = logging.getLogger(__name__)
 
@@ -120,35 +120,15 @@ class TeamsBot(TeamsActivityHandler):
     # messages --------------------------------------------------------------------------
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
-        if activity.from_property and activity.from_property.id == activity.recipient.id:
-            return  # never echo the bot's own posts
-        data = _channel_data(activity)
-        channel_id = (data.get("channel") or {}).get("id")
-        if not channel_id:
-            return  # 1:1 and group chats are not conversation channels
-        # A reply in a thread has ``;messageid=<root>`` in its conversation id: a conversation
-        # living as a thread of the notification channel is found by that root.
-        thread_id = (activity.conversation.id or "").partition(";messageid=")[2] or None
-        portal = await self.store.get_portal_by_channel(channel_id, thread_id)
-        if portal is None or portal.state != "open":
-            return  # a channel that is not a conversation's (e.g. General)
+        found = await self._conversation_of(activity)
+        if found is None:
+            return
+        portal, data, channel_id = found
         # The text/html attachment when Teams sent one (mentions, emoji, quotes, images);
         # the files, images, GIFs and stickers travel in the job to be fetched after the ack.
         text, attachments = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
         command = parse_command(text)
-        sender = activity.from_property
-        payload = {
-            "text": text,
-            "attachments": attachments,
-            "channel_id": channel_id,
-            "user": {
-                "id": sender.id,
-                "aad_object_id": sender.aad_object_id,
-                "name": sender.name,
-                "team_id": (data.get("team") or {}).get("id") or portal.team_id,
-            },
-            "reference": TurnContext.get_conversation_reference(activity).serialize(),
-        }
+        payload = {"text": text, "attachments": attachments, **_origin(activity, data, channel_id, portal)}
         kind = "teams_message"
         if command and command.name == "note":
             payload.update(text=command.args, internal=True)
@@ -156,6 +136,65 @@ class TeamsBot(TeamsActivityHandler):
             kind = "teams_close"
         elif command:
             kind = "teams_command"
-            payload.update(command=command.name, problem=command.problem)
+            payload.update(command=command.name, args=command.args, problem=command.problem)
+            payload["mentions"] = mentioned_people(activity)
         if await store_teams_work(self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload):
             self.on_enqueued()
+
+    async def on_teams_message_edit(self, turn_context: TurnContext) -> None:
+        await self._store_change(turn_context, "teams_edit")
+
+    async def on_teams_message_soft_delete(self, turn_context: TurnContext) -> None:
+        await self._store_change(turn_context, "teams_delete")
+
+    async def _store_change(self, turn_context: TurnContext, kind: str) -> None:
+        """A person edited or deleted a channel message: the job changes the neetoChat
+        message it became (found through the message map, so it works after a restart)."""
+        activity = turn_context.activity
+        found = await self._conversation_of(activity)
+        if found is None:
+            return
+        portal, data, channel_id = found
+        payload = _origin(activity, data, channel_id, portal)
+        change = "delete"
+        if kind == "teams_edit":  # each edit is its own job: the id is the message's
+            payload["text"], _ = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
+            change = f"edit:{activity.timestamp.isoformat() if activity.timestamp else payload['text']}"
+        if await store_teams_work(
+            self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload, change
+        ):
+            self.on_enqueued()
+
+    async def _conversation_of(self, activity) -> tuple[Portal, dict[str, Any], str] | None:
+        """The open conversation whose channel (or notification-channel thread) the activity
+        is in, with its channel data and channel id; None for anything else (General, chats,
+        the bot's own posts)."""
+        if activity.from_property and activity.from_property.id == activity.recipient.id:
+            return None  # never echo the bot's own posts
+        data = _channel_data(activity)
+        channel_id = (data.get("channel") or {}).get("id")
+        if not channel_id:
+            return None  # 1:1 and group chats are not conversation channels
+        # A reply in a thread has ``;messageid=<root>`` in its conversation id: a conversation
+        # living as a thread of the notification channel is found by that root.
+        thread_id = (activity.conversation.id or "").partition(";messageid=")[2] or None
+        portal = await self.store.get_portal_by_channel(channel_id, thread_id)
+        if portal is None or portal.state != "open":
+            return None
+        return portal, data, channel_id
+
+
+def _origin(activity, data: dict[str, Any], channel_id: str, portal: Portal) -> dict[str, Any]:
+    """Who wrote it and where: what every job from a channel message needs to act as its
+    author and to answer in its thread."""
+    sender = activity.from_property
+    return {
+        "channel_id": channel_id,
+        "user": {
+            "id": sender.id,
+            "aad_object_id": sender.aad_object_id,
+            "name": sender.name,
+            "team_id": (data.get("team") or {}).get("id") or portal.team_id,
+        },
+        "reference": TurnContext.get_conversation_reference(activity).serialize(),
+    }

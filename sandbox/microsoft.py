@@ -1324,6 +1324,35 @@ class MicrosoftSandbox:
             return await self._send_to_bot(activity)
         return {"activity": activity, "status": None, "body": None}
 
+    async def user_edits(self, post_id: str, user: dict[str, Any], text_html: str, *,
+                         deliver: bool = True) -> dict[str, Any]:
+        """The author edits their post: Graph shows the new text, and the bot hears a
+        ``messageUpdate`` when it heard the post. Same return as :meth:`user_posts`."""
+        return await self._user_changes(post_id, user, "edit", text_html, deliver)
+
+    async def user_deletes(self, post_id: str, user: dict[str, Any], *, deliver: bool = True) -> dict[str, Any]:
+        """The author deletes their post (Teams' soft delete): ``messageDelete`` to the bot."""
+        return await self._user_changes(post_id, user, "delete", None, deliver)
+
+    async def _user_changes(self, post_id: str, user: dict[str, Any], kind: str, text_html: str | None,
+                            deliver: bool) -> dict[str, Any]:
+        post = self._posts[post_id]
+        if post.sender.get("id") != user["id"]:
+            raise ValueError(f"{user['name']} did not write post {post_id}: only its author can change it")
+        if post.deleted is not None:
+            raise ValueError(f"post {post_id} is deleted")
+        team = self._team_of_channel(post.channel_id)
+        if kind == "edit":
+            post.text, post.updated = text_html or "", self._clock()
+        else:
+            post.deleted = self._clock()
+        activity = fx.message_change_activity(
+            kind=kind, message_id=post.id, channel_id=post.channel_id, root_id=post.reply_to or post.id,
+            text_html=text_html, **self._event_args(team, user))
+        if deliver and team.bot_installed and (post.mention_bot or self.deliver_unmentioned):
+            return await self._send_to_bot(activity)
+        return {"activity": activity, "status": None, "body": None}
+
     # ------------------------------------------------------------ Teams client over HTTP (control routes)
     #
     # JSON in and out, no auth, under /_sandbox: what the sandbox page (sandbox/page.py) and

@@ -122,6 +122,38 @@ def channel_message_activity(
     return activity
 
 
+def message_change_activity(
+    *, kind: str, message_id: str, when: float, service_url: str, tenant_id: str, team: dict[str, Any],
+    channel_id: str, root_id: str, user: dict[str, Any], bot: dict[str, Any], text_html: str | None = None,
+) -> dict[str, Any]:
+    """A person edited (``kind="edit"``) or deleted (``kind="delete"``) their channel post.
+
+    Teams sends ``messageUpdate`` with ``channelData.eventType`` ``editMessage`` (the whole
+    revised message: text and the ``text/html`` attachment) or ``messageDelete`` with
+    ``softDeleteMessage`` (no text). Either way the activity ``id`` is the *changed*
+    message's id, not a new one, and the conversation is the thread's, as for the post.
+    """
+    edit = kind == "edit"
+    activity = _base_activity(
+        "messageUpdate" if edit else "messageDelete", activity_id=message_id, when=when, service_url=service_url,
+        sender=user_account(user), bot=bot,
+        conversation=_channel_conversation(f"{channel_id};messageid={root_id}", tenant_id),
+        channel_data={
+            "eventType": "editMessage" if edit else "softDeleteMessage",
+            "teamsTeamId": team["id"], "teamsChannelId": channel_id,
+            "team": {"id": team["id"]}, "channel": {"id": channel_id}, "tenant": {"id": tenant_id},
+        },
+    )
+    if edit:
+        activity.update(
+            textFormat="plain", text=text_html or "",
+            attachments=[{"contentType": "text/html", "content": f"<p>{text_html or ''}</p>"}],
+        )
+    if root_id != message_id:
+        activity["replyToId"] = root_id
+    return activity
+
+
 def installation_update_activity(
     *, action: str, activity_id: str, when: float, service_url: str, tenant_id: str,
     team: dict[str, Any], user: dict[str, Any], bot: dict[str, Any],

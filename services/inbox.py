@@ -41,17 +41,19 @@ async def store_teams_work(
     conversation_id: str,
     activity_id: str,
     payload: dict[str, Any],
+    change: str = "",
 ) -> bool:
     """Store what a Teams activity asks of a conversation (``teams_message``,
-    ``teams_close``, ``channel_deleted``); False if this activity was stored before (Teams
-    redelivers)."""
+    ``teams_close``, ``channel_deleted``, ...); False if this activity was stored before
+    (Teams redelivers). Edits and deletes carry the changed message's id as their activity
+    id, so ``change`` (e.g. ``edit:<timestamp>``) tells them from the post and each other."""
     return await store.enqueue(
         Job(
             seq=0,
             kind=kind,
             workspace_id=workspace_id,
             partition=partition_for(workspace_id, conversation_id),
-            dedupe_key=f"act:{workspace_id}:{activity_id}",
+            dedupe_key=f"act:{workspace_id}:{activity_id}" + (f":{change}" if change else ""),
             payload={"conversation_id": conversation_id, "activity_id": activity_id, **payload},
             created_at=time.time(),
         )

@@ -46,6 +46,15 @@ from services.store.base import Job
 
 log = logging.getLogger(__name__)
 
+# Jobs from a message written in Teams → what failed, as told in that message's thread.
+TEAMS_WORK = {
+    "teams_message": "deliver this message to the visitor",
+    "teams_close": "close the conversation",
+    "teams_command": "run the command",
+    "teams_edit": "change this message in neetoChat",
+    "teams_delete": "delete this message in neetoChat",
+}
+
 
 class JobRunner:
     def __init__(
@@ -227,6 +236,10 @@ class JobRunner:
             await to_neetochat.close_from_teams(self.ctx, ws, job.payload)
         elif job.kind == "teams_command":
             await run_command(self.ctx, ws, job.payload)
+        elif job.kind == "teams_edit":
+            await to_neetochat.edit_message(self.ctx, ws, job.payload)
+        elif job.kind == "teams_delete":
+            await to_neetochat.delete_message(self.ctx, ws, job.payload)
         elif job.kind == "channel_deleted":
             await to_teams.channel_gone(self.ctx, ws, job.payload)
         elif job.kind == "link_confirmation":
@@ -287,8 +300,8 @@ class JobRunner:
         if reason.startswith(BOT_REMOVED):
             return  # nowhere in Teams to say it: the operator status does
         try:
-            if job.kind in ("teams_message", "teams_close", "teams_command"):
-                what = "close the conversation" if job.kind == "teams_close" else "deliver this message to the visitor"
+            if job.kind in TEAMS_WORK:
+                what = TEAMS_WORK[job.kind]
                 if job.payload.get("internal"):
                     what = "save this note in neetoChat"
                 elif job.kind == "teams_command":

@@ -149,6 +149,14 @@ class NeetoChatClient:
             idempotency_key=f"teams-msg-{external_id}",
         )
 
+    async def update_message(self, conversation_id: str, message_id: str, body: str) -> dict[str, Any]:
+        """Edit a message the bridge created (403 for any other)."""
+        return await self._call("PATCH", f"/conversations/{conversation_id}/messages/{message_id}", json={"body": body})
+
+    async def delete_message(self, conversation_id: str, message_id: str) -> None:
+        """Delete a message the bridge created (403 for any other)."""
+        await self._call("DELETE", f"/conversations/{conversation_id}/messages/{message_id}")
+
     async def upload_attachment(
         self, *, filename: str, content_type: str, content: bytes, idempotency_key: str
     ) -> dict[str, Any]:

@@ -73,13 +73,31 @@ def bot_mention_names(activity: Any) -> set[str]:
     recipient = _get(activity, "recipient")
     bot_id = _get(recipient, "id")
     names = {n for n in [_get(recipient, "name")] if n}
-    for entity in _get(activity, "entities") or []:
-        props = entity if isinstance(entity, dict) else getattr(entity, "additional_properties", {}) or {}
-        kind = _get(entity, "type") or props.get("type")
-        mentioned = props.get("mentioned") or {}
-        if kind == "mention" and mentioned.get("id") == bot_id:
+    for props, mentioned in _mentions(activity):
+        if mentioned.get("id") == bot_id:
             names.add(html_to_text(props.get("text") or "") or mentioned.get("name") or "")
     return {n for n in names if n}
+
+
+def _mentions(activity: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(entity, its ``mentioned`` account) of each mention entity of the activity."""
+    found = []
+    for entity in _get(activity, "entities") or []:
+        props = entity if isinstance(entity, dict) else getattr(entity, "additional_properties", {}) or {}
+        if (_get(entity, "type") or props.get("type")) == "mention":
+            found.append((props, props.get("mentioned") or {}))
+    return found
+
+
+def mentioned_people(activity: Any) -> list[dict[str, Any]]:
+    """``{"id", "name"}`` of everyone the message @mentions except the bot, in order, once
+    each (``/assign @person`` reads them: the text only has names, which are not unique)."""
+    bot_id = _get(_get(activity, "recipient"), "id")
+    people: list[dict[str, Any]] = []
+    for _, mentioned in _mentions(activity):
+        if mentioned.get("id") not in (None, bot_id) and all(p["id"] != mentioned["id"] for p in people):
+            people.append({"id": mentioned["id"], "name": mentioned.get("name") or ""})
+    return people
 
 
 def read_activity(activity: Any, fallback_text: str) -> tuple[str, list[dict[str, Any]]]:

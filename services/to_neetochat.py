@@ -19,11 +19,13 @@ the text is delivered either way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from botbuilder.schema import Activity, ActivityTypes
 
 from cards import notices
+from dialogs.commands import parse_command
 from services import teams_content
 from services.context import BridgeContext
 from services.errors import RemoteError
@@ -114,6 +116,56 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
             await tell_thread(ctx, payload, f"ℹ️ {notice}")
         except Exception:
             log.exception("could not post a notice about an attachment of %s", activity_id)
+
+
+async def edit_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """A Teams edit: the neetoChat message it became gets the new text. neetoChat's PATCH
+    takes only the text, so files stay as first sent. An edit never runs a command: a
+    message edited into ``/close`` must not close anything."""
+    message_id = await _mapped_message(ctx, ws, payload, "edit")
+    if message_id is None:
+        return
+    text = payload.get("text") or ""
+    command = parse_command(text)
+    if command and command.name == "note":
+        text = command.args
+    elif command:
+        raise Refused("a command cannot be run by editing a message; write it as a new message")
+    await _refusable(ctx.neetochat(ws).update_message(payload["conversation_id"], message_id, text))
+
+
+async def delete_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """A Teams delete: the neetoChat message it became is deleted, attachments and all."""
+    message_id = await _mapped_message(ctx, ws, payload, "delete")
+    if message_id is None:
+        return
+    try:
+        await _refusable(ctx.neetochat(ws).delete_message(payload["conversation_id"], message_id))
+    except RemoteError as exc:
+        if exc.status != 404:  # already gone: what was asked is done
+            raise
+
+
+async def _mapped_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any], change: str) -> str | None:
+    """The neetoChat message a Teams message became (message map), or None: a message the
+    bridge never delivered (a command, one written before the channel was bridged, one that
+    failed) has nothing to change in neetoChat."""
+    link = await ctx.store.get_link_by_activity_id(ws.id, payload["activity_id"])
+    if link is None or link.direction != "to_neetochat" or not link.neeto_message_id:
+        log.info("%s of Teams message %s ignored: it is not a neetoChat message", change, payload["activity_id"])
+        return None
+    return link.neeto_message_id
+
+
+async def _refusable(call: Awaitable[Any]) -> Any:
+    """neetoChat's 4xx answers to a change are the person's to see (in the thread), not
+    something to retry; 404 is left to the caller, 429 to the delivery loop."""
+    try:
+        return await call
+    except RemoteError as exc:
+        if exc.status in (400, 403, 409, 422):
+            raise Refused(f"neetoChat refused it ({exc.status}): {exc}") from exc
+        raise
 
 
 async def close_from_teams(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:

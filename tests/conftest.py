@@ -14,7 +14,7 @@ from app import create_app
 from sandbox.microsoft import MicrosoftSandbox
 from sandbox.neetochat import NeetoChatSandbox
 from services.store.mongo import MongoStore
-from tests.harness import Harness, bridge_env
+from tests.harness import BridgeProcess, Harness, bridge_env, free_port
 
 
 @pytest.fixture
@@ -56,3 +56,14 @@ async def connected(bridge):
     """A workspace connected, the app installed and the team linked."""
     await bridge.connect()
     return bridge
+
+
+@pytest.fixture
+async def process(sandbox, tmp_path):
+    """The bridge as operators run it (``python app.py``, embedded store), not yet started:
+    tests start, kill and restart it."""
+    proc = BridgeProcess(bridge_env(sandbox.ms, tmp_path / "data", free_port()), tmp_path / "bridge.log")
+    sandbox.set_bridge(proc.url)
+    yield proc
+    if proc.proc is not None:
+        assert await proc.terminate() == 0  # every run ends with a clean drain

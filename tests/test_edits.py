@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.harness import WS, post_bodies, wait_for
+from tests.test_commands import _conversation, _reply_to
 
 
 def _post_of(h, channel_id: str, text: str) -> dict | None:
@@ -39,3 +40,99 @@ async def test_an_edit_of_a_message_written_in_teams_leaves_the_persons_post_alo
     await wait_for(lambda: _post_of(h, channel["id"], "next"), what="the next message")
     assert _post_of(h, channel["id"], "Hello from Teams")["updated"] is None
     assert _post_of(h, channel["id"], "edited in neetoChat") is None
+
+
+# ---------------------------------------------------------------- edits and deletes made in Teams
+
+
+async def _delivered(h, conv_id: str, count: int = 1) -> list[dict]:
+    return await wait_for(lambda: len(h.from_teams(conv_id)) >= count and h.from_teams(conv_id), what="delivered")
+
+
+async def _next_message_delivered(h, conv, channel) -> None:
+    """Jobs of one conversation run in order: once a later message arrived, the change
+    before it has been handled."""
+    before = len(h.from_teams(conv["id"]))
+    await h.ms.user_posts(h.team_id, channel["id"], h.ada, "marker")
+    await wait_for(lambda: len(h.from_teams(conv["id"])) > before, what="the marker message")
+
+
+async def test_an_edit_in_teams_changes_what_the_visitor_sees(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Wen")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "Teh parcel left")
+    (message,) = await _delivered(h, conv["id"])
+
+    edit = await h.ms.user_edits(sent["activity"]["id"], h.ada, "The parcel left <b>today</b>")
+    assert 200 <= edit["status"] < 300
+    await wait_for(lambda: h.from_teams(conv["id"])[0]["body"] == "The parcel left today", what="the edit")
+    assert [m["body"] for m in h.neeto.visitor_sees(WS, conv["id"])][-1] == "The parcel left today"
+    assert h.from_teams(conv["id"])[0]["id"] == message["id"], "edited in place, not sent again"
+
+    again = await h.ms.user_edits(sent["activity"]["id"], h.ada, "/close")  # an edit never runs a command
+    await _reply_to(h, channel["id"], again, "cannot be run by editing")
+    assert h.neeto.conversation(WS, conv["id"])["status"] == "open"
+    assert h.from_teams(conv["id"])[0]["body"] == "The parcel left today"
+
+
+async def test_an_edited_note_stays_internal(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Xia")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/note VIP customr")
+    await _delivered(h, conv["id"])
+    await h.ms.user_edits(sent["activity"]["id"], h.ada, "/note VIP customer")
+    await wait_for(lambda: h.from_teams(conv["id"])[0]["body"] == "VIP customer", what="the edited note")
+    assert h.from_teams(conv["id"])[0]["internal"]
+    assert all("VIP" not in m["body"] for m in h.neeto.visitor_sees(WS, conv["id"]))
+
+
+async def test_a_delete_in_teams_deletes_the_message_and_its_attachment(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Yul")
+    image = h.ms.upload_inline_image(b"\x89PNG\r\n\x1a\n" + bytes(300), "image/png")
+    sent = await h.ms.user_posts(
+        h.team_id, channel["id"], h.ada, "<p>the label</p>" + image["html"], attachments=[image["attachment"]]
+    )
+    (message,) = await _delivered(h, conv["id"])
+    assert [a["filename"] for a in message["attachments"]] == ["image.png"]
+
+    deleted = await h.ms.user_deletes(sent["activity"]["id"], h.ada)
+    assert 200 <= deleted["status"] < 300
+    await wait_for(lambda: not h.from_teams(conv["id"]), what="the message deleted in neetoChat")
+    assert all(m["id"] != message["id"] for m in h.neeto.visitor_sees(WS, conv["id"]))
+
+
+async def test_changes_to_messages_that_never_reached_neetochat_are_ignored(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Zed")
+    command = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/help")
+    await _reply_to(h, channel["id"], command, "/assign")
+    await h.ms.user_edits(command["activity"]["id"], h.ada, "now a message to the visitor")
+    await h.ms.user_deletes(command["activity"]["id"], h.ada)
+    await _next_message_delivered(h, conv, channel)
+    assert [m["body"] for m in h.from_teams(conv["id"])] == ["marker"]
+    assert not any("Could not" in (r["text"] or "") for p in h.ms.posts(channel["id"]) for r in p["replies"])
+
+
+async def test_a_delete_neetochat_refuses_is_reported_in_the_thread(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Ari")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "keep me")
+    await _delivered(h, conv["id"])
+    h.neeto.fail_next(WS, status=409, method="DELETE", path_contains="/messages/")
+    await h.ms.user_deletes(sent["activity"]["id"], h.ada)
+    await _reply_to(h, channel["id"], sent, "Could not delete this message in neetoChat")
+    assert [m["body"] for m in h.from_teams(conv["id"])] == ["keep me"]
+
+
+async def test_an_edit_after_a_restart_finds_its_message(sandbox, process):
+    h = sandbox
+    await process.start(h.http)
+    await h.connect()
+    conv, channel = await _conversation(h, "Bo")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "before the restart")
+    await _delivered(h, conv["id"])
+    assert await process.terminate() == 0
+    await process.start(h.http)
+    await h.ms.user_edits(sent["activity"]["id"], h.ada, "edited after the restart")
+    await wait_for(lambda: h.from_teams(conv["id"])[0]["body"] == "edited after the restart", what="the edit")

@@ -9,19 +9,7 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-from tests.harness import ROOT, WS, BridgeProcess, bridge_env, free_port, wait_for
-
-
-@pytest.fixture
-async def process(sandbox, tmp_path):
-    port = free_port()
-    proc = BridgeProcess(bridge_env(sandbox.ms, tmp_path / "data", port), tmp_path / "bridge.log")
-    sandbox.set_bridge(proc.url)
-    yield proc
-    if proc.proc is not None:
-        assert await proc.terminate() == 0  # every run ends with a clean drain
+from tests.harness import ROOT, WS, free_port, wait_for
 
 
 def _count_posts(h, conversations) -> int:
