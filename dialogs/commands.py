@@ -20,7 +20,8 @@ _COMMAND = re.compile(r"^/(?P<name>[a-z]+)(?:\s+(?P<args>.*))?$", re.IGNORECASE 
 KNOWN = {
     "close": "Close this conversation in neetoChat and delete its channel",
     "note": "/note <text>: an internal note in neetoChat; colleagues see it, the visitor never does",
-    "assign": "/assign me: assign this conversation to yourself (you must be a neetoChat agent)",
+    "assign": "/assign me, /assign @person or /assign team <name>: assign this conversation in neetoChat "
+    "(people must be neetoChat agents)",
     "unassign": "Unassign this conversation",
     "status": "Show this conversation's card: visitor, assignee, status, last reply",
     "help": "List these commands",
@@ -45,8 +46,8 @@ def parse_command(text: str) -> Command | None:
         return Command("help", "", f"/{name} is not a command")
     if name in ("close", "unassign", "status", "help") and args:
         return Command("help", "", f"/{name} takes nothing after it")
-    if name == "assign" and args.lower() != "me":
-        return Command("help", "", "use /assign me")
+    if name == "assign" and (not args or args.lower() == "team"):
+        return Command("help", "", "use /assign me, /assign @person or /assign team <name>")
     return Command(name, args)
 
 

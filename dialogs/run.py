@@ -8,21 +8,30 @@ from typing import Any
 
 from dialogs.commands import help_html
 from services.context import BridgeContext
+from services.neeto_teams import find_team
 from services.store.base import Workspace
-from services.to_neetochat import Refused, agent_of, reply_in_thread, resolve_agent
+from services.to_neetochat import Refused, agent_of, refusable, reply_in_thread, resolve_agent, tell_thread
 from services.to_teams import card_activity, conversation_card
 
 
 async def run_command(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """Run it and answer in its thread. A command that cannot be done (not an agent, an
+    unknown team, neetoChat refusing) is answered with the reason and is then finished: it
+    is a request, not something the person wrote for the visitor, so there is nothing to
+    keep as undelivered."""
+    try:
+        await _run(ctx, ws, payload)
+    except Refused as exc:
+        await tell_thread(ctx, payload, f"⚠️ Could not do /{payload['command']}: {exc}")
+
+
+async def _run(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
     command, conversation_id = payload["command"], payload["conversation_id"]
     client = ctx.neetochat(ws)
     if command == "help":
         await reply_in_thread(ctx, payload, help_html(payload.get("problem")))
-    elif command == "assign":  # "/assign me": the writer must be an agent themselves
-        agent = await agent_of(ctx, ws, payload["reference"], payload["user"])
-        if agent is None:
-            raise Refused("you are not a neetoChat agent (matched by your email), so you cannot be assigned")
-        await client.assign_to_agent(conversation_id, agent["id"], agent["id"])
+    elif command == "assign":
+        await _assign(ctx, ws, payload)
     elif command == "status":  # the card as it is now, as a reply (a snapshot: not kept current)
         dest = await ctx.destination(ws)
         portal = await ctx.store.get_portal(ws.id, conversation_id)
@@ -30,6 +39,38 @@ async def run_command(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]
         await ctx.poster.reply(payload["reference"], card_activity(conversation_card(dest, portal, conversation)))
     elif command == "unassign":
         actor = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
-        await client.unassign(conversation_id, actor["id"])
+        await refusable(client.unassign(conversation_id, actor["id"]))
     else:
         raise Refused(f"/{command} is not a command")
+
+
+async def _assign(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """``/assign me``, ``/assign @person`` or ``/assign team <name>``, made in neetoChat by
+    the writer's agent (or the authorizing user's: anyone in the team may assign)."""
+    client, conversation_id = ctx.neetochat(ws), payload["conversation_id"]
+    args, reference, user = payload.get("args") or "me", payload["reference"], payload["user"]
+    if args.lower() == "me":
+        agent = await agent_of(ctx, ws, reference, user)
+        if agent is None:
+            raise Refused("you are not a neetoChat agent (matched by your email), so you cannot be assigned")
+        await refusable(client.assign_to_agent(conversation_id, agent["id"], agent["id"]))
+        return
+    actor = await resolve_agent(ctx, ws, reference, user)
+    if args.split()[0].lower() == "team":
+        team, known = await find_team(ctx.store, ws.id, args.split(None, 1)[1])
+        if team is None:
+            listed = ", ".join(known) if known else "none yet"
+            raise Refused(
+                f"no neetoChat team called “{args.split(None, 1)[1]}” is known to the bridge (known: {listed}). "
+                "It learns a team when a conversation is first assigned to it in neetoChat"
+            )
+        await refusable(client.assign_to_team(conversation_id, team["id"], actor["id"]))
+        return
+    people = payload.get("mentions") or []
+    if len(people) != 1:
+        raise Refused("mention exactly one person: /assign @name (or /assign me, /assign team <name>)")
+    person = people[0]
+    agent = await agent_of(ctx, ws, reference, {"id": person["id"], "team_id": user["team_id"]})
+    if agent is None:
+        raise Refused(f"{person['name']} is not a neetoChat agent (no active agent has their email)")
+    await refusable(client.assign_to_agent(conversation_id, agent["id"], actor["id"]))

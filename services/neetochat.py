@@ -175,6 +175,13 @@ class NeetoChatClient:
             json={"agent_id": agent_id, "actor_agent_id": actor_agent_id},
         )
 
+    async def assign_to_team(self, conversation_id: str, team_id: str, actor_agent_id: str) -> dict[str, Any]:
+        return await self._call(
+            "PUT",
+            f"/conversations/{conversation_id}/assignee",
+            json={"team_id": team_id, "actor_agent_id": actor_agent_id},
+        )
+
     async def unassign(self, conversation_id: str, actor_agent_id: str) -> dict[str, Any]:
         return await self._call(
             "DELETE", f"/conversations/{conversation_id}/assignee", params={"actor_agent_id": actor_agent_id}

@@ -131,7 +131,7 @@ async def edit_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
         text = command.args
     elif command:
         raise Refused("a command cannot be run by editing a message; write it as a new message")
-    await _refusable(ctx.neetochat(ws).update_message(payload["conversation_id"], message_id, text))
+    await refusable(ctx.neetochat(ws).update_message(payload["conversation_id"], message_id, text))
 
 
 async def delete_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
@@ -140,7 +140,7 @@ async def delete_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, A
     if message_id is None:
         return
     try:
-        await _refusable(ctx.neetochat(ws).delete_message(payload["conversation_id"], message_id))
+        await refusable(ctx.neetochat(ws).delete_message(payload["conversation_id"], message_id))
     except RemoteError as exc:
         if exc.status != 404:  # already gone: what was asked is done
             raise
@@ -157,8 +157,8 @@ async def _mapped_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, 
     return link.neeto_message_id
 
 
-async def _refusable(call: Awaitable[Any]) -> Any:
-    """neetoChat's 4xx answers to a change are the person's to see (in the thread), not
+async def refusable(call: Awaitable[Any]) -> Any:
+    """neetoChat's 4xx answers to a change or command are the person's to see (in the thread), not
     something to retry; 404 is left to the caller, 429 to the delivery loop."""
     try:
         return await call

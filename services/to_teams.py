@@ -31,6 +31,7 @@ from services.context import BridgeContext, Destination
 from services.errors import RemoteError
 from services.fencing import check_lease
 from services.graph import BotPost, GraphChannels
+from services.neeto_teams import remember_teams
 from services.rate_limits import Throttled
 from services.store.base import MessageLink, Portal, Workspace
 from services.teams_text import html_to_text
@@ -152,6 +153,7 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     name = event["event"]
     data = event["data"]
     conversation = data["conversation"]
+    await remember_teams(ctx.store, ws.id, event)  # for /assign team <name>
     dest = await ctx.destination(ws)
     if name == "conversation.closed":
         await close_portal(ctx, dest, conversation, data.get("actor"))

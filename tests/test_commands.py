@@ -3,6 +3,7 @@ Answers come from the job loop (the same delivery engine as messages)."""
 
 from __future__ import annotations
 
+from sandbox.teams_fixtures import mention_entity
 from tests.harness import WS, wait_for
 
 
@@ -76,3 +77,53 @@ async def test_status_answers_with_the_conversation_card(connected):
     content = str((await wait_for(card, what="the card in the thread"))["attachments"][0]["content"])
     assert "pia@example.com" in content and "Ada" in content
     assert not h.from_teams(conv["id"])
+
+
+async def _post_mentioning(h, channel_id: str, author: dict, text: str, person: dict) -> dict:
+    """``text`` followed by an @mention of ``person``, as Teams sends it (entity + ``<at>``)."""
+    return await h.ms.user_posts(
+        h.team_id,
+        channel_id,
+        author,
+        f'{text} <at id="1">{person["name"]}</at>',
+        entities=[mention_entity(person["id"], person["name"])],
+    )
+
+
+async def test_assign_a_mentioned_agent_is_done_by_the_writer(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Quin")
+    await _post_mentioning(h, channel["id"], h.adam, "/assign", h.ada)
+    await wait_for(
+        lambda: (h.neeto.conversation(WS, conv["id"])["assignee"] or {}).get("id") == h.ada_agent["id"],
+        what="the conversation assigned to Ada",
+    )
+    (event,) = [e for e in h.neeto.events(WS) if e["event"] == "conversation.assigned"]
+    assert event["data"]["actor"]["id"] == h.admin_agent["id"], "Adam assigned it, as his own agent"
+    assert not h.from_teams(conv["id"])
+
+
+async def test_assign_a_mentioned_person_who_is_not_an_agent_says_so(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Rae")
+    sent = await _post_mentioning(h, channel["id"], h.ada, "/assign", h.olly)
+    await _reply_to(h, channel["id"], sent, "Olly Outsider is not a neetoChat agent")
+    assert h.neeto.conversation(WS, conv["id"])["assignee"] is None
+    _, status = await h.admin("GET", f"/api/admin/workspaces/{WS}")
+    assert status["deliveries"]["failed"] == 0, "a command refused is answered, not kept as undelivered"
+
+
+async def test_assign_team_by_name_once_the_bridge_has_seen_the_team(connected):
+    h = connected
+    billing = h.neeto.add_team(WS, name="Billing")
+    conv, channel = await _conversation(h, "Sam")
+    sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/assign team billing")
+    await _reply_to(h, channel["id"], sent, "no neetoChat team called “billing” is known")
+
+    other, _ = await _conversation(h, "Tia")
+    h.neeto.assign(WS, other["id"], team_id=billing["id"])  # the bridge learns the team from this event
+    channel_of_other = h.conversation_channel(other["number"])
+    await wait_for(lambda: any("Billing" in (p["text"] or "") for p in h.ms.posts(channel_of_other["id"])), what="seen")
+
+    await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/assign team  BILLING ")
+    await wait_for(lambda: h.neeto.conversation(WS, conv["id"])["assignee"] == {**billing, "type": "team"}, what="team")

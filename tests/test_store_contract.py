@@ -466,6 +466,7 @@ async def test_delete_workspace_cascades(store: Store):
     for ws in ("ws1", "ws2"):
         assert await store.create_portal(Portal(ws, "c1", 1, state="open", channel_id=f"19:{ws}"))
         assert await store.add_message_link(MessageLink(ws, "c1", "n1", "t1", "to_teams"))
+        await store.remember_neeto_team(ws, "team1", "Billing")
         assert await store.enqueue(job(f"{ws}-done", workspace=ws, partition=f"{ws}:c1"))
         assert await store.enqueue(job(f"{ws}-pending", workspace=ws, partition=f"{ws}:c1"))
     for j in await store.claim_jobs("A", NOW, LEASE, 10):
@@ -477,6 +478,7 @@ async def test_delete_workspace_cascades(store: Store):
     assert await store.get_portal_by_channel("19:ws1") is None
     assert await store.get_link_by_neeto_id("ws1", "n1") is None
     assert await store.get_link_by_activity_id("ws1", "t1") is None
+    assert await store.neeto_teams("ws1") == {}
     counts = await store.job_counts("ws1")
     assert (counts.pending, counts.dead) == (0, 0)
     assert await store.enqueue(job("ws1-done", workspace="ws1")) is False  # finished history stays: it dedupes
@@ -486,6 +488,7 @@ async def test_delete_workspace_cascades(store: Store):
     assert await store.get_portal("ws2", "c1") is not None
     assert await store.get_link_by_neeto_id("ws2", "n1") is not None
     assert (await store.job_counts("ws2")).pending == 1
+    assert await store.neeto_teams("ws2") == {"team1": "Billing"}
 
     assert await store.delete_workspace("ws1") is False
     assert await store.delete_workspace("never") is False
@@ -827,3 +830,13 @@ async def test_workspaces_linked_to_a_team_by_either_id(store: Store):
     found = await store.workspaces_linked_to(["19:team@thread.tacv2", "group-guid"])
     assert sorted(ws.id for ws in found) == ["w1", "w2"]
     assert await store.workspaces_linked_to([""]) == []
+
+
+async def test_neeto_teams_are_remembered_per_workspace_and_renamed_in_place(store: Store):
+    assert await store.neeto_teams("ws1") == {}
+    await store.remember_neeto_team("ws1", "t1", "Billing")
+    await store.remember_neeto_team("ws1", "t2", "Sales")
+    await store.remember_neeto_team("ws2", "t1", "Other workspace")
+    await store.remember_neeto_team("ws1", "t1", "Billing & Invoices")
+    assert await store.neeto_teams("ws1") == {"t1": "Billing & Invoices", "t2": "Sales"}
+    assert await store.neeto_teams("ws2") == {"t1": "Other workspace"}

@@ -58,12 +58,21 @@ def test_text_that_is_a_message_not_a_command(text):
         ("/closed", "/closed is not a command"),
         ("/unknownthing now", "/unknownthing is not a command"),
         ("/close now please", "/close takes nothing after it"),
-        ("/assign bob", "use /assign me"),
+        ("/assign", "use /assign me, /assign @person or /assign team <name>"),
+        ("/assign  Team ", "use /assign me, /assign @person or /assign team <name>"),
         ("/help me", "/help takes nothing after it"),
     ],
 )
 def test_unknown_or_misused_commands_get_the_help_not_the_visitor(text, problem):
     assert parse_command(text) == Command("help", "", problem)
+
+
+@pytest.mark.parametrize(
+    ("text", "args"),
+    [("/assign me", "me"), ("/assign Ada Agent", "Ada Agent"), ("/ASSIGN team  Billing ", "team  Billing")],
+)
+def test_assign_takes_me_a_person_or_a_team(text, args):
+    assert parse_command(text) == Command("assign", args)
 
 
 @pytest.mark.parametrize(("text", "name"), [("/help", "help"), ("/Assign ME", "assign"), ("/unassign ", "unassign")])

@@ -199,6 +199,18 @@ class Store(abc.ABC):
         """Open conversation channels per team (not threads): how close each is to the cap.
         Costs what is open, not the closed portals."""
 
+    # neetoChat teams ------------------------------------------------------------------
+    # The contract has no "list teams" call, so the bridge learns each team's id and name
+    # from the events that carry them (a conversation assigned to a team), for
+    # ``/assign team <name>``.
+    @abc.abstractmethod
+    async def remember_neeto_team(self, workspace_id: str, team_id: str, name: str) -> None:
+        """Insert or rename (a renamed team keeps its id)."""
+
+    @abc.abstractmethod
+    async def neeto_teams(self, workspace_id: str) -> dict[str, str]:
+        """Every team seen in the workspace: id → name."""
+
     # message links -------------------------------------------------------------------
     @abc.abstractmethod
     async def add_message_link(self, link: MessageLink) -> bool:

@@ -106,12 +106,18 @@ async def _migration_4(db: Any) -> None:
     )
 
 
+async def _migration_5(db: Any) -> None:
+    """The neetoChat teams learned from events, found by workspace."""
+    await db.neeto_teams.create_index([("workspace_id", ASCENDING), ("team_id", ASCENDING)], name="team", unique=True)
+
+
 # Numbered migrations, applied in order; never edit a released one, append.
 MIGRATIONS: list[tuple[int, Callable[[Any], Awaitable[None]]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (5, _migration_5),
 ]
 
 _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
@@ -183,6 +189,7 @@ class MongoStore(Store):
         result = await self.db.workspaces.delete_one({"_id": workspace_id})
         await self.db.portals.delete_many({"workspace_id": workspace_id})
         await self.db.message_links.delete_many({"workspace_id": workspace_id})
+        await self.db.neeto_teams.delete_many({"workspace_id": workspace_id})
         await self.db.jobs.delete_many({"workspace_id": workspace_id, "status": "pending"})
         return result.deleted_count > 0
 
@@ -319,6 +326,17 @@ class MongoStore(Store):
             {"workspace_id": workspace_id, "conversation_id": conversation_id, "channel_id": channel_id}
         )
         return result.deleted_count
+
+    # neetoChat teams -------------------------------------------------------------------
+    async def remember_neeto_team(self, workspace_id: str, team_id: str, name: str) -> None:
+        key, change = {"workspace_id": workspace_id, "team_id": team_id}, {"$set": {"name": name}}
+        try:
+            await self.db.neeto_teams.update_one(key, change, upsert=True)
+        except DuplicateKeyError:  # a racing upsert inserted it first: now it is there to update
+            await self.db.neeto_teams.update_one(key, change)
+
+    async def neeto_teams(self, workspace_id: str) -> dict[str, str]:
+        return {doc["team_id"]: doc["name"] async for doc in self.db.neeto_teams.find({"workspace_id": workspace_id})}
 
     # jobs ----------------------------------------------------------------------------
     async def _next_seq(self) -> int:

@@ -153,6 +153,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "DROP INDEX IF EXISTS jobs_pending_seq",
         ],
     ),
+    (
+        5,
+        [
+            """CREATE TABLE neeto_teams (
+                workspace_id TEXT NOT NULL,
+                team_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                PRIMARY KEY (workspace_id, team_id)
+            )""",
+        ],
+    ),
 ]
 
 _JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload"}
@@ -333,6 +344,7 @@ class SqliteStore(Store):
             await cursor.close()
             await db.execute("DELETE FROM portals WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM message_links WHERE workspace_id = ?", (workspace_id,))
+            await db.execute("DELETE FROM neeto_teams WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM jobs WHERE workspace_id = ? AND status = 'pending'", (workspace_id,))
         return existed
 
@@ -474,6 +486,18 @@ class SqliteStore(Store):
             "DELETE FROM message_links WHERE workspace_id = ? AND conversation_id = ? AND channel_id = ?",
             (workspace_id, conversation_id, channel_id),
         )
+
+    # neetoChat teams -------------------------------------------------------------------
+    async def remember_neeto_team(self, workspace_id: str, team_id: str, name: str) -> None:
+        await self._write(
+            "INSERT INTO neeto_teams (workspace_id, team_id, name) VALUES (?, ?, ?)"
+            " ON CONFLICT(workspace_id, team_id) DO UPDATE SET name = excluded.name",
+            (workspace_id, team_id, name),
+        )
+
+    async def neeto_teams(self, workspace_id: str) -> dict[str, str]:
+        rows = await self._all("SELECT team_id, name FROM neeto_teams WHERE workspace_id = ?", (workspace_id,))
+        return {row["team_id"]: row["name"] for row in rows}
 
     # jobs ----------------------------------------------------------------------------
     async def enqueue(self, job: Job) -> bool:
