@@ -18,7 +18,9 @@ from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, ChannelAccount
 from botbuilder.schema.teams import ChannelInfo, TeamInfo
 
+from cards.settings import VERBS as SETTINGS_VERBS
 from dialogs.commands import parse_command
+from dialogs.settings import handle_settings_action
 from services.card_actions import handle_card_action
 from services.context import BOT_REMOVED, BridgeContext
 from services.inbox import store_teams_work
@@ -49,7 +51,10 @@ class TeamsBot(TeamsActivityHandler):
         self, turn_context: TurnContext, invoke_value: AdaptiveCardInvokeValue
     ) -> AdaptiveCardInvokeResponse:
         action = invoke_value.action or {}
-        return await handle_card_action(self.ctx, turn_context, action.get("verb"), action.get("data") or {})
+        verb, data = action.get("verb"), action.get("data") or {}
+        if verb in SETTINGS_VERBS:
+            return await handle_settings_action(self.ctx, turn_context, verb, data)
+        return await handle_card_action(self.ctx, turn_context, verb, data)
 
     # installation ----------------------------------------------------------------------
     async def on_installation_update_add(self, turn_context: TurnContext) -> None:
@@ -122,13 +127,14 @@ class TeamsBot(TeamsActivityHandler):
         activity = turn_context.activity
         found = await self._conversation_of(activity)
         if found is None:
+            await self._settings_command(activity)
             return
         portal, data, channel_id = found
         # The text/html attachment when Teams sent one (mentions, emoji, quotes, images);
         # the files, images, GIFs and stickers travel in the job to be fetched after the ack.
         text, attachments = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
         command = parse_command(text)
-        payload = {"text": text, "attachments": attachments, **_origin(activity, data, channel_id, portal)}
+        payload = {"text": text, "attachments": attachments, **_origin(activity, data, channel_id, portal.team_id)}
         kind = "teams_message"
         if command and command.name == "note":
             payload.update(text=command.args, internal=True)
@@ -140,6 +146,23 @@ class TeamsBot(TeamsActivityHandler):
             payload["mentions"] = mentioned_people(activity)
         if await store_teams_work(self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload):
             self.on_enqueued()
+
+    async def _settings_command(self, activity) -> None:
+        """``/settings`` posted in a linked workspace's notification channel (anything else
+        there is people talking to each other, not to the bridge)."""
+        if not (activity.text or "").lstrip().startswith(("/", "<")) or _from_bot(activity):
+            return  # cheap exit for the common case: ordinary chat
+        text, _ = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
+        command = parse_command(text)
+        data = _channel_data(activity)
+        channel_id, team_id = (data.get("channel") or {}).get("id"), (data.get("team") or {}).get("id")
+        if command is None or command.name != "settings" or not channel_id or not team_id:
+            return
+        for ws in await self.store.workspaces_linked_to([team_id]):
+            if channel_id == (ws.notification_channel_id or team_id):  # unset: General, whose id is the team's
+                payload = _origin(activity, data, channel_id, team_id)
+                if await store_teams_work(self.store, "teams_settings", ws.id, "_workspace", activity.id, payload):
+                    self.on_enqueued()
 
     async def on_teams_message_edit(self, turn_context: TurnContext) -> None:
         await self._store_change(turn_context, "teams_edit")
@@ -155,7 +178,7 @@ class TeamsBot(TeamsActivityHandler):
         if found is None:
             return
         portal, data, channel_id = found
-        payload = _origin(activity, data, channel_id, portal)
+        payload = _origin(activity, data, channel_id, portal.team_id)
         change = "delete"
         if kind == "teams_edit":  # each edit is its own job: the id is the message's
             payload["text"], _ = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
@@ -169,7 +192,7 @@ class TeamsBot(TeamsActivityHandler):
         """The open conversation whose channel (or notification-channel thread) the activity
         is in, with its channel data and channel id; None for anything else (General, chats,
         the bot's own posts)."""
-        if activity.from_property and activity.from_property.id == activity.recipient.id:
+        if _from_bot(activity):
             return None  # never echo the bot's own posts
         data = _channel_data(activity)
         channel_id = (data.get("channel") or {}).get("id")
@@ -184,7 +207,11 @@ class TeamsBot(TeamsActivityHandler):
         return portal, data, channel_id
 
 
-def _origin(activity, data: dict[str, Any], channel_id: str, portal: Portal) -> dict[str, Any]:
+def _from_bot(activity) -> bool:
+    return bool(activity.from_property and activity.from_property.id == activity.recipient.id)
+
+
+def _origin(activity, data: dict[str, Any], channel_id: str, team_id: str | None) -> dict[str, Any]:
     """Who wrote it and where: what every job from a channel message needs to act as its
     author and to answer in its thread."""
     sender = activity.from_property
@@ -194,7 +221,7 @@ def _origin(activity, data: dict[str, Any], channel_id: str, portal: Portal) -> 
             "id": sender.id,
             "aad_object_id": sender.aad_object_id,
             "name": sender.name,
-            "team_id": (data.get("team") or {}).get("id") or portal.team_id,
+            "team_id": (data.get("team") or {}).get("id") or team_id,
         },
         "reference": TurnContext.get_conversation_reference(activity).serialize(),
     }

@@ -40,6 +40,8 @@ async def _run(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> No
     elif command == "unassign":
         actor = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
         await refusable(client.unassign(conversation_id, actor["id"]))
+    elif command == "settings":
+        raise Refused("the settings live in the notification channel: write /settings there")
     else:
         raise Refused(f"/{command} is not a command")
 

@@ -120,6 +120,7 @@ class Team:
     aad_group_id: str  # what Graph calls the team id
     name: str
     members: list[str]  # aad object ids
+    owners: list[str] = field(default_factory=list)  # aad object ids; owners are members too
     channel_cap: int = DEFAULT_CHANNEL_CAP
     bot_installed: bool = False
     channels: dict[str, Channel] = field(default_factory=dict)
@@ -339,12 +340,15 @@ class MicrosoftSandbox:
         return user
 
     def add_team(
-        self, *, name: str, members: list[dict[str, Any]], channel_cap: int = DEFAULT_CHANNEL_CAP
+        self, *, name: str, members: list[dict[str, Any]], channel_cap: int = DEFAULT_CHANNEL_CAP,
+        owners: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """A team with its General channel (whose id is the team's thread id)."""
+        """A team with its General channel (whose id is the team's thread id). Its owners
+        are ``owners``, by default the first member (whoever creates a team owns it)."""
         team_id = fx.new_thread_id()
+        owner_ids = [m["aadObjectId"] for m in (members[:1] if owners is None else owners)]
         team = Team(id=team_id, aad_group_id=str(uuid.uuid4()), name=name,
-                    members=[m["aadObjectId"] for m in members], channel_cap=channel_cap)
+                    members=[m["aadObjectId"] for m in members], owners=owner_ids, channel_cap=channel_cap)
         team.channels[team_id] = Channel(id=team_id, name="General", description=None, created=self._clock())
         self.teams[team_id] = team
         return self._team_ref(team)
@@ -550,6 +554,7 @@ class MicrosoftSandbox:
         c = CONNECTOR_PREFIX + "/v3"
         app.router.add_routes([
             web.post(g, self._graph_create_channel),
+            web.get(GRAPH_PREFIX + "/teams/{group}/members", self._graph_list_members),
             web.get(g, self._graph_list_channels),
             web.get(g + "/{channel}", self._graph_get_channel),
             web.delete(g + "/{channel}", self._graph_delete_channel),
@@ -808,6 +813,25 @@ class MicrosoftSandbox:
         payload = {"@odata.context": f"{self.graph_url}/$metadata#teams('{team.aad_group_id}')/channels/$entity",
                    **self._channel_json(team, channel)}
         return web.json_response(payload, status=201)
+
+    async def _graph_list_members(self, request: web.Request) -> web.Response:
+        """``GET /teams/{id}/members``: the roster with roles (``["owner"]`` for owners,
+        ``[]`` for members), as ``aadUserConversationMember`` objects."""
+        team = self._graph_team(request)
+        members = []
+        for aad_id in team.members:
+            user = self.users[aad_id]
+            members.append({
+                "@odata.type": "#microsoft.graph.aadUserConversationMember",
+                "id": base64.b64encode(f"{team.aad_group_id}##{aad_id}".encode()).decode(),
+                "roles": ["owner"] if aad_id in team.owners else [],
+                "displayName": user["name"], "userId": aad_id, "email": user["email"],
+                "tenantId": self.tenant_id, "visibleHistoryStartDateTime": "0001-01-01T00:00:00Z",
+            })
+        return web.json_response({
+            "@odata.context": f"{self.graph_url}/$metadata#teams('{team.aad_group_id}')/members",
+            "@odata.count": len(members), "value": members,
+        })
 
     async def _graph_list_channels(self, request: web.Request) -> web.Response:
         team = self._graph_team(request)

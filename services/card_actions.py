@@ -33,7 +33,7 @@ class InvokeAnswer(AdaptiveCardInvokeResponse):
     _attribute_map = {**AdaptiveCardInvokeResponse._attribute_map, "value": {"key": "value", "type": "object"}}
 
 
-def _message(text: str) -> AdaptiveCardInvokeResponse:
+def invoke_message(text: str) -> AdaptiveCardInvokeResponse:
     return InvokeAnswer(status_code=200, type=MESSAGE, value=text)
 
 
@@ -47,16 +47,16 @@ async def handle_card_action(
     ctx: BridgeContext, turn_context: TurnContext, verb: str | None, data: dict[str, Any]
 ) -> AdaptiveCardInvokeResponse:
     if verb not in VERBS:
-        return _message("This button is not supported any more.")
+        return invoke_message("This button is not supported any more.")
     ws = await ctx.store.get_workspace(str(data.get("workspace", "")))
     portal = await ctx.store.get_portal(ws.id, str(data.get("conversation_id", ""))) if ws else None
     if ws is None or portal is None:
-        return _message("This conversation is no longer connected to Teams.")
+        return invoke_message("This conversation is no longer connected to Teams.")
     try:
         dest = await ctx.destination(ws)
         agent = await _invoker_agent(ctx, turn_context, ws)
         if agent is None:
-            return _message(
+            return invoke_message(
                 "Only neetoChat agents can assign or close conversations. Ask an admin to invite "
                 "you to neetoChat with the email you use in Teams."
             )
@@ -70,5 +70,5 @@ async def handle_card_action(
             portal = replace(portal, state="closed")
     except (RemoteError, NotLinked) as exc:
         log.warning("card action %s failed: %s", verb, exc)
-        return _message(f"That did not work: {exc}. Please try again.")
+        return invoke_message(f"That did not work: {exc}. Please try again.")
     return InvokeAnswer(status_code=200, type=CARD, value=conversation_card(dest, portal, conversation))

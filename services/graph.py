@@ -164,6 +164,21 @@ class GraphChannels:
                 page = await channels.with_url(page.odata_next_link).get()
         return found
 
+    async def owners(self, group_id: str) -> set[str]:
+        """AAD object ids of the team's owners, from its roster (RSC ``TeamMember.Read.Group``)."""
+        members = self._client.teams.by_team_id(group_id).members
+        found: set[str] = set()
+        async with self._call("list_members"):
+            page = await members.get()
+            while page is not None:
+                found |= {
+                    m.user_id for m in page.value or [] if "owner" in (m.roles or []) and getattr(m, "user_id", None)
+                }
+                if not page.odata_next_link:
+                    break
+                page = await members.with_url(page.odata_next_link).get()
+        return found
+
     async def bot_posts_since(
         self, group_id: str, channel_id: str, app_id: str | None, since: float, thread_id: str | None = None
     ) -> list[BotPost]:

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable
 
 from dialogs.run import run_command
+from dialogs.settings import show_settings
 from services import to_neetochat, to_teams
 from services.context import BOT_REMOVED, BridgeContext, NotLinked
 from services.errors import RemoteError
@@ -53,6 +54,7 @@ TEAMS_WORK = {
     "teams_command": "run the command",
     "teams_edit": "change this message in neetoChat",
     "teams_delete": "delete this message in neetoChat",
+    "teams_settings": "show the settings",
 }
 
 
@@ -236,6 +238,8 @@ class JobRunner:
             await to_neetochat.close_from_teams(self.ctx, ws, job.payload)
         elif job.kind == "teams_command":
             await run_command(self.ctx, ws, job.payload)
+        elif job.kind == "teams_settings":
+            await show_settings(self.ctx, ws, job.payload)
         elif job.kind == "teams_edit":
             await to_neetochat.edit_message(self.ctx, ws, job.payload)
         elif job.kind == "teams_delete":

@@ -31,6 +31,7 @@ from cards.conversation import (
     new_conversation_card,
     plain_text,
 )
+from cards.settings import settings_card, settings_form
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDER = ROOT / "tests" / "render" / "render.mjs"
@@ -113,6 +114,15 @@ def _cards() -> dict[str, dict]:
         "long_message": new_conversation_card(
             _conversation(prechat_responses=[]), "0123456789 " * 10_000, CHANNEL_URL, workspace_id="acme"
         ),
+        "settings": settings_card("acme", "Acme *Support*", "General", "new_conversations", notice="Saved by Adam."),
+        "settings_form": settings_form(
+            "acme",
+            "Acme",
+            [("19:general", "General"), ("19:esc", "Escalations [EU]")],
+            "19:esc",
+            "all_activity",
+            problem="Not saved: that channel is not one of this team's channels.",
+        ),
     }
 
 
@@ -178,7 +188,10 @@ def test_cards_are_plain_json_and_attach_as_adaptive_cards():
 def test_new_conversation_card_has_heading_message_facts_and_buttons():
     card = CARDS["new_conversation"]
     heading = card["body"][0]
-    assert heading["text"] == "A conversation started by [vera@example.com](https://acme.neetochat.com/admin/contacts/vis_1)"
+    assert (
+        heading["text"]
+        == "A conversation started by [vera@example.com](https://acme.neetochat.com/admin/contacts/vis_1)"
+    )
     odd = conversation_card(
         _conversation(visitor={"email": "a_[b]*@x.test", "contact_url": "https://x.test/c/(1) 2"}), None, None
     )
@@ -193,7 +206,10 @@ def test_new_conversation_card_has_heading_message_facts_and_buttons():
     assert actions["Open in neetoChat"]["url"] == "https://acme.neetochat.com/admin/conversations/1042"
     data = {"conversation_id": "cnv_8f2a", "workspace": "acme"}
     assert actions["Assign to me"] == {
-        "type": "Action.Execute", "title": "Assign to me", "verb": "assign_to_me", "data": data
+        "type": "Action.Execute",
+        "title": "Assign to me",
+        "verb": "assign_to_me",
+        "data": data,
     }
     assert actions["Close"] == {"type": "Action.Execute", "title": "Close", "verb": "close", "data": data}
 
@@ -276,11 +292,15 @@ def test_a_message_without_a_conversation_url_is_cut_without_a_link():
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, dict]:
-    missing = [what for what, ok in (
-        (CHROMIUM, Path(CHROMIUM).exists()),
-        ("node", shutil.which("node")),
-        ("node_modules (npm ci)", (ROOT / "node_modules" / "adaptivecards").is_dir()),
-    ) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            (CHROMIUM, Path(CHROMIUM).exists()),
+            ("node", shutil.which("node")),
+            ("node_modules (npm ci)", (ROOT / "node_modules" / "adaptivecards").is_dir()),
+        )
+        if not ok
+    ]
     if missing and not os.environ.get("CI"):
         pytest.skip(f"card rendering needs {', '.join(missing)} (scripts/test installs them)")
     out = DOCS if os.environ.get("UPDATE_CARD_PNGS") == "1" else tmp_path_factory.mktemp("cards")
@@ -313,19 +333,37 @@ def test_rendered_new_conversation_card_reads_as_intended(rendered):
     for line in TRICKY_LINES:  # each line exactly as typed: no Markdown, HTML, template or mention
         assert line in text.split("\n"), line
     assert "Pre-chat responses" in text
-    for title, value in (("Assignee", "Unassigned"), ("Status", "Open"), ("Last reply", "No replies yet"),
-                         ("Department", "Billing"), ("Order number", "A-1009"), ("1. Anything else?", TRICKY_ANSWER)):
+    for title, value in (
+        ("Assignee", "Unassigned"),
+        ("Status", "Open"),
+        ("Last reply", "No replies yet"),
+        ("Department", "Billing"),
+        ("Order number", "A-1009"),
+        ("1. Anything else?", TRICKY_ANSWER),
+    ):
         assert f"{title}\n" in text and f"\n{value}\n" in f"{text}\n", (title, value)
     assert seen["bold"] == []  # nothing the visitor typed became bold, italic, a heading, a list or code
     assert [link["href"] for link in seen["links"]] == ["https://acme.neetochat.com/admin/contacts/vis_1"]
     assert seen["buttons"] == ["View conversation in Teams", "Open in neetoChat", "Assign to me", "Close"]
     assert seen["executed"] == [
         {"type": "Action.OpenUrl", "title": "View conversation in Teams", "url": CHANNEL_URL},
-        {"type": "Action.OpenUrl", "title": "Open in neetoChat", "url": "https://acme.neetochat.com/admin/conversations/1042"},
-        {"type": "Action.Execute", "title": "Assign to me", "verb": "assign_to_me",
-         "data": {"conversation_id": "cnv_8f2a", "workspace": "acme"}},
-        {"type": "Action.Execute", "title": "Close", "verb": "close",
-         "data": {"conversation_id": "cnv_8f2a", "workspace": "acme"}},
+        {
+            "type": "Action.OpenUrl",
+            "title": "Open in neetoChat",
+            "url": "https://acme.neetochat.com/admin/conversations/1042",
+        },
+        {
+            "type": "Action.Execute",
+            "title": "Assign to me",
+            "verb": "assign_to_me",
+            "data": {"conversation_id": "cnv_8f2a", "workspace": "acme"},
+        },
+        {
+            "type": "Action.Execute",
+            "title": "Close",
+            "verb": "close",
+            "data": {"conversation_id": "cnv_8f2a", "workspace": "acme"},
+        },
     ]
 
 

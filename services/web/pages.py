@@ -31,13 +31,15 @@ import aiohttp_jinja2
 from aiohttp import web
 from aiohttp_session import Session, get_session
 
+from cards.settings import UPDATE_TYPE_LABELS
 from manifest.build import BuildError, build_manifest, package_bytes
-from services.admin import UPDATE_TYPES, LinkError, link_team, unlink_team
+from services.admin import LinkError, link_team, unlink_team
 from services.config import Settings
 from services.context import BridgeContext
 from services.errors import RemoteError
 from services.graph import ChannelInfo
 from services.store.base import Installation, Workspace
+from services.team_settings import SettingsError, change_settings, team_channels
 from services.web.identity import SignedInUser, SignInFailed, finish_sign_in, joined_teams, start_sign_in
 from services.web.links import LinkRefused, verify_login_link
 
@@ -46,7 +48,6 @@ log = logging.getLogger("bridge.web")
 COOKIE_NAME = "neetochat_teams_session"
 LOGIN_MAX_AGE = 15 * 60  # from the signed link to the callback
 AUTH_MAX_AGE = 8 * 3600  # how long a sign-in may manage the settings
-UPDATE_TYPE_LABELS = {"new_conversations": "New conversations", "all_activity": "All conversation activity"}
 
 
 @dataclass
@@ -333,12 +334,6 @@ class Pages:
         inst = await ctx.store.get_installation(ws.team_id) if ws.team_id else None
         return ws, inst
 
-    async def _channels(self, request: web.Request, ws: Workspace, inst: Installation) -> list[ChannelInfo]:
-        group_id = ws.aad_group_id or inst.aad_group_id
-        if not group_id:
-            raise RemoteError("Graph", "the team's Microsoft 365 group id is not known yet", status=409)
-        return await self.ctx(request).graph.for_tenant(ws.tenant_id or inst.tenant_id).list(group_id)
-
     async def _settings(
         self,
         request: web.Request,
@@ -353,19 +348,18 @@ class Pages:
         graph_error = ""
         if inst is not None and channels is None:
             try:
-                channels = await self._channels(request, ws, inst)
+                channels = await team_channels(self.ctx(request), ws, inst)
             except RemoteError as exc:
                 graph_error = f"The team's channels could not be listed: {exc}"
         general = inst.general_channel_id if inst else None
         selected = ws.notification_channel_id or general
-        options = sorted(channels or [], key=lambda c: (c.id != general, c.name.lower()))
         return await self.render(
             request,
             "settings.html",
             status,
             ws=ws,
             installation=inst,
-            channels=options,
+            channels=channels or [],
             selected=selected,
             general=general,
             update_types=UPDATE_TYPE_LABELS,
@@ -388,29 +382,12 @@ class Pages:
         ws, inst = await self._managed(request, self._workspace_id(request, form))
         if not ws.team_id or inst is None:
             return await self._settings(request, ws, inst, status=409, error="This workspace is not linked to a team.")
-        update_type = form.get("update_type", "")
-        channel_id = form.get("notification_channel_id", "")
-        if update_type not in UPDATE_TYPES:
-            return await self._settings(request, ws, inst, status=400, error="Choose an update type.")
         try:
-            channels = await self._channels(request, ws, inst)
-        except RemoteError as exc:
-            return await self._settings(
-                request, ws, inst, status=502, error=f"Not saved: the team's channels could not be listed: {exc}"
+            await change_settings(
+                self.ctx(request), ws, inst, form.get("notification_channel_id", ""), form.get("update_type", "")
             )
-        if channel_id not in {c.id for c in channels}:
-            return await self._settings(
-                request,
-                ws,
-                inst,
-                status=400,
-                channels=channels,
-                error="Not saved: that channel is not one of this team's channels.",
-            )
-        ws.notification_channel_id = channel_id
-        ws.update_type = update_type
-        ws.updated_at = time.time()
-        await self.ctx(request).store.put_workspace(ws)
+        except SettingsError as exc:
+            return await self._settings(request, ws, inst, status=exc.status, error=str(exc))
         raise web.HTTPSeeOther(f"/teams/settings?workspace={quote(ws.id)}&saved=1")
 
     async def disconnect(self, request: web.Request) -> web.Response:
