@@ -127,3 +127,13 @@ async def test_assign_team_by_name_once_the_bridge_has_seen_the_team(connected):
 
     await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/assign team  BILLING ")
     await wait_for(lambda: h.neeto.conversation(WS, conv["id"])["assignee"] == {**billing, "type": "team"}, what="team")
+
+
+async def test_a_command_inside_a_sentence_is_a_message_to_the_visitor(connected):
+    h = connected
+    conv, channel = await _conversation(h, "Uli")
+    await h.ms.user_posts(h.team_id, channel["id"], h.ada, "I will /close this once you confirm")
+    (sent,) = await wait_for(lambda: h.from_teams(conv["id"]), what="the message in neetoChat")
+    assert sent["body"] == "I will /close this once you confirm"
+    assert h.neeto.conversation(WS, conv["id"])["status"] == "open"
+    assert h.conversation_channel(conv["number"]) is not None
