@@ -26,6 +26,7 @@ from botbuilder.schema import Activity
 from botframework.connector.auth import AuthenticationConstants
 
 from bots.teams_bot import TeamsBot
+from services import openid_keys
 from services.admin import AdminApi
 from services.bot_auth import CachedCredentialFactory
 from services.card_refresh import CardRefresher
@@ -145,12 +146,20 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         admin=AdminApi(ctx, runner.wake),
         metrics=metrics,
     )
+    # Authenticated mode: the keys that sign Teams' tokens, fetched now, off the loop.
+    prefetch = None
+    if not settings.local_mode:
+        url = getattr(bot_config, "TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL", None)
+        keys = openid_keys.install(url or AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL)
+        prefetch = asyncio.get_running_loop().create_task(keys.prefetch())
     ctx.cards.start()
     await runner.start()
     log.info("bridge ready on port %s (%s mode)", settings.port, "local" if settings.local_mode else "authenticated")
     try:
         yield
     finally:
+        if prefetch is not None:
+            prefetch.cancel()
         await runner.stop()
         await ctx.cards.stop()
         await ctx.graph.close()

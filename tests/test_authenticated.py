@@ -14,7 +14,7 @@ import uuid
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sandbox.identity import IdentitySandbox, IdentityServer
+from sandbox.identity import CHANNEL_KEYS_PATH, IdentitySandbox, IdentityServer
 from sandbox.tls import make_test_tls
 from tests.harness import WS, BridgeProcess, bridge_env, free_port, wait_for
 
@@ -73,6 +73,8 @@ async def test_the_whole_path_works_with_tokens_both_ways(authenticated):
     # tokens are reused until they expire, not fetched per call
     token_requests = [r["path"] for r in h.identity.requests if r["path"].endswith("/oauth2/v2.0/token")]
     assert len(token_requests) <= 4
+    # the keys that sign Teams' tokens: fetched once, at startup, not per activity
+    assert [r["path"] for r in h.identity.requests].count(CHANNEL_KEYS_PATH) == 1
     if h.app_type == "SingleTenant":  # every token from the app's own tenant
         assert all(path.startswith(f"/{h.ms.tenant_id}/") for path in token_requests), token_requests
     else:
