@@ -99,7 +99,8 @@ def _graph_call() -> Iterator[None]:
 
 
 class GraphChannels:
-    """Create, find and delete standard channels of a team (by its AAD group id)."""
+    """A team's standard channels (create, find, list, delete) and its owners, by the
+    team's AAD group id."""
 
     def __init__(
         self, client: GraphServiceClient, limiter: RateLimiter, create_limits: tuple[Window, ...], metrics: Metrics
