@@ -39,6 +39,7 @@ from services.jobs import JobRunner
 from services.log_context import configure as configure_logging
 from services.metrics import Metrics
 from services.rate_limits import RateLimiter
+from services.reconcile import Reconciler
 from services.store import Store, open_store
 from services.teams import TeamsPoster
 from services.web import setup_web
@@ -137,13 +138,15 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         lease_seconds=settings.job_lease_seconds,
         concurrency=settings.delivery_concurrency,
     )
+    reconciler = Reconciler(store, runner.wake, interval=settings.reconcile_interval, batch=settings.reconcile_batch)
+    runner.on_recovered = reconciler.poke  # deliveries work again after failures: look for gaps
     app[RUNTIME] = Runtime(
         ctx=ctx,
         runner=runner,
         adapter=adapter,
-        bot=TeamsBot(ctx, runner.wake),
+        bot=TeamsBot(ctx, runner.wake, reconciler.poke),
         receiver=WebhookReceiver(store, box, runner.wake, metrics),
-        admin=AdminApi(ctx, runner.wake),
+        admin=AdminApi(ctx, runner.wake, reconciler),
         metrics=metrics,
     )
     # Authenticated mode: the keys that sign Teams' tokens, fetched now, off the loop.
@@ -154,12 +157,14 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         prefetch = asyncio.get_running_loop().create_task(keys.prefetch())
     ctx.cards.start()
     await runner.start()
+    await reconciler.start()  # a first run now: whatever was missed while the bridge was down
     log.info("bridge ready on port %s (%s mode)", settings.port, "local" if settings.local_mode else "authenticated")
     try:
         yield
     finally:
         if prefetch is not None:
             prefetch.cancel()
+        await reconciler.stop()
         await runner.stop()
         await ctx.cards.stop()
         await ctx.graph.close()
@@ -254,6 +259,7 @@ def create_app(
             web.put(admin + "/teams", _admin("put_teams")),
             web.get(admin + "/dead-letters", _admin("list_dead_letters")),
             web.post(admin + "/dead-letters/replay", _admin("replay_dead_letters")),
+            web.post(admin + "/reconcile", _admin("reconcile")),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_endpoint),

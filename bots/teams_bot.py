@@ -19,7 +19,7 @@ from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValu
 from botbuilder.schema.teams import ChannelInfo, TeamInfo
 
 from cards.settings import VERBS as SETTINGS_VERBS
-from dialogs.commands import parse_command
+from dialogs.commands import channel_work, parse_command
 from dialogs.settings import handle_settings_action
 from services.card_actions import handle_card_action
 from services.context import BOT_REMOVED, BridgeContext
@@ -37,10 +37,13 @@ def _channel_data(activity) -> dict[str, Any]:
 
 
 class TeamsBot(TeamsActivityHandler):
-    def __init__(self, ctx: BridgeContext, on_enqueued: Callable[[], None]) -> None:
+    def __init__(
+        self, ctx: BridgeContext, on_enqueued: Callable[[], None], on_reconnected: Callable[[str], None]
+    ) -> None:
         self.ctx = ctx
         self.store = ctx.store
         self.on_enqueued = on_enqueued
+        self.on_reconnected = on_reconnected  # a workspace's team has the bot back: look for gaps
 
     async def on_turn(self, turn_context: TurnContext) -> None:
         bind(activity=turn_context.activity.id)  # on every log line of this turn
@@ -121,6 +124,7 @@ class TeamsBot(TeamsActivityHandler):
             if replayed:
                 log.info("bot back in team %s: replaying %d deliveries", team_id, replayed, extra={"workspace": ws.id})
                 self.on_enqueued()
+            self.on_reconnected(ws.id)  # what people wrote while the bot was gone never reached it
 
     # messages --------------------------------------------------------------------------
     async def on_message_activity(self, turn_context: TurnContext) -> None:
@@ -133,16 +137,10 @@ class TeamsBot(TeamsActivityHandler):
         # The text/html attachment when Teams sent one (mentions, emoji, quotes, images);
         # the files, images, GIFs and stickers travel in the job to be fetched after the ack.
         text, attachments = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
-        command = parse_command(text)
+        kind, extra = channel_work(text)
         payload = {"text": text, "attachments": attachments, **_origin(activity, data, channel_id, portal.team_id)}
-        kind = "teams_message"
-        if command and command.name == "note":
-            payload.update(text=command.args, internal=True)
-        elif command and command.name == "close":
-            kind = "teams_close"
-        elif command:
-            kind = "teams_command"
-            payload.update(command=command.name, args=command.args, problem=command.problem)
+        payload.update(extra)
+        if kind == "teams_command":
             payload["mentions"] = mentioned_people(activity)
         if await store_teams_work(self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload):
             self.on_enqueued()

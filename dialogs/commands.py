@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _COMMAND = re.compile(r"^/(?P<name>[a-z]+)(?:\s+(?P<args>.*))?$", re.IGNORECASE | re.DOTALL)
 
@@ -50,6 +51,20 @@ def parse_command(text: str) -> Command | None:
     if name == "assign" and (not args or args.lower() == "team"):
         return Command("help", "", "use /assign me, /assign @person or /assign team <name>")
     return Command(name, args)
+
+
+def channel_work(text: str) -> tuple[str, dict[str, Any]]:
+    """The job a message in a conversation channel becomes: its kind and the payload fields
+    the command adds (the live activity and a message recovered by reconcile both go
+    through here, so both are understood the same way)."""
+    command = parse_command(text)
+    if command is None:
+        return "teams_message", {}
+    if command.name == "note":
+        return "teams_message", {"text": command.args, "internal": True}
+    if command.name == "close":
+        return "teams_close", {}
+    return "teams_command", {"command": command.name, "args": command.args, "problem": command.problem}
 
 
 def help_html(problem: str | None = None) -> str:

@@ -165,6 +165,8 @@ class _Workspace:
     events: list[Json] = field(default_factory=list)
     outbox: deque[Json] = field(default_factory=deque)
     held: bool = False
+    lose: int = 0  # the next events of this many are never delivered (``lose_webhooks``)
+    lost: list[Json] = field(default_factory=list)
     worker: asyncio.Task[None] | None = None
     next_number: int = FIRST_CONVERSATION_NUMBER
 
@@ -421,6 +423,16 @@ class NeetoChatSandbox:
         """neetoChat recovers: drop every injected fault still pending."""
         self._workspace(subdomain).faults.clear()
 
+    def lose_webhooks(self, subdomain: str, count: int = 1) -> None:
+        """The next ``count`` events happen but their webhooks never arrive (a delivery
+        given up, a bug, an outage on the way): only reading the API shows them."""
+        if count < 1:
+            raise SandboxError(422, "count must be at least 1")
+        self._workspace(subdomain).lose += count
+
+    def lost_webhooks(self, subdomain: str) -> list[Json]:
+        return copy.deepcopy(self._workspace(subdomain).lost)
+
     def hold_webhooks(self, subdomain: str) -> None:
         """Queue the workspace's events without sending them until ``release_webhooks``."""
         self._workspace(subdomain).held = True
@@ -588,7 +600,10 @@ class NeetoChatSandbox:
             "data": copy.deepcopy({"conversation": conversation.public, **extra}),
         }
         ws.events.append(event)
-        if ws.webhook_url:
+        if ws.lose:
+            ws.lose -= 1
+            ws.lost.append(event)
+        elif ws.webhook_url:
             ws.outbox.append(event)
             self._kick(ws)
 

@@ -20,6 +20,7 @@ from services.context import BridgeContext
 from services.errors import RemoteError
 from services.inbox import store_link_confirmation
 from services.neetochat import NeetoChatClient
+from services.reconcile import Reconciler
 from services.store.base import Installation, Workspace
 
 UPDATE_TYPES = ("new_conversations", "all_activity")
@@ -111,9 +112,10 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class AdminApi:
-    def __init__(self, ctx: BridgeContext, on_enqueued) -> None:
+    def __init__(self, ctx: BridgeContext, on_enqueued, reconciler: Reconciler) -> None:
         self.ctx = ctx
         self.on_enqueued = on_enqueued
+        self.reconciler = reconciler
 
     def _authorized(self, request: web.Request) -> bool:
         token = self.ctx.settings.admin_token
@@ -167,6 +169,8 @@ class AdminApi:
         ws.app_url = info.get("app_url") or ""
         ws.updated_at = time.time()
         await self.ctx.store.put_workspace(ws)
+        if existing:  # reconnected (a new key, say): events may have failed meanwhile
+            self.reconciler.poke(ws_id)
         return web.json_response(await self.status(ws), status=200 if existing else 201)
 
     async def get_workspace(self, request: web.Request) -> web.Response:
@@ -176,6 +180,16 @@ class AdminApi:
         if ws is None:
             return _error(404, "unknown workspace")
         return web.json_response(await self.status(ws))
+
+    async def reconcile(self, request: web.Request) -> web.Response:
+        """``POST .../reconcile``: compare the workspace's open conversations with both sides
+        now (the next ``RECONCILE_BATCH`` of them); 202 with how many were queued."""
+        if (denied := await self._guard(request)) is not None:
+            return denied
+        ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
+        if ws is None:
+            return _error(404, "unknown workspace")
+        return web.json_response({"queued": await self.reconciler.run(ws.id)}, status=202)
 
     async def delete_workspace(self, request: web.Request) -> web.Response:
         if (denied := await self._guard(request)) is not None:

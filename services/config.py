@@ -70,6 +70,11 @@ class Settings:
     job_lease_seconds: float = 60.0
     # Conversations one instance works on at once (each conversation stays in order).
     delivery_concurrency: int = 16
+    # Reconcile (services/reconcile.py): how often every open conversation is compared with
+    # both sides (0: only at startup, after outages and reconnects, and on demand), and how
+    # many conversations of a workspace one run takes at most (the rest in the next runs).
+    reconcile_interval: float = 600.0
+    reconcile_batch: int = 100
 
     @property
     def local_mode(self) -> bool:
@@ -103,6 +108,8 @@ class Settings:
             graph_channel_create_limits=_limits(env, "GRAPH_CHANNEL_CREATE_LIMITS", GRAPH_CHANNEL_CREATE_LIMITS),
             job_lease_seconds=_positive(env, "JOB_LEASE_SECONDS", 60.0),
             delivery_concurrency=int(_positive(env, "DELIVERY_CONCURRENCY", 16)),
+            reconcile_interval=_positive(env, "RECONCILE_INTERVAL_SECONDS", 600.0, zero_means_off=True),
+            reconcile_batch=int(_positive(env, "RECONCILE_BATCH", 100)),
         )
         settings.validate()
         return settings
@@ -125,13 +132,13 @@ class Settings:
             )
 
 
-def _positive(env: dict[str, str], name: str, default: float) -> float:
+def _positive(env: dict[str, str], name: str, default: float, *, zero_means_off: bool = False) -> float:
     try:
         value = float(env.get(name) or default)
     except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive")
+        raise ConfigError(f"{name} must be a number") from None
+    if value < 0 or (value == 0 and not zero_means_off):
+        raise ConfigError(f"{name} must be positive" + (" (or 0: off)" if zero_means_off else ""))
     return value
 
 

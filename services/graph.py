@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -27,6 +28,7 @@ from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.channel import Channel
 from msgraph.generated.models.channel_membership_type import ChannelMembershipType
+from msgraph.generated.models.chat_message_type import ChatMessageType
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.teams.item.channels.channels_request_builder import ChannelsRequestBuilder
 from msgraph.generated.teams.item.channels.item.messages.item.replies.replies_request_builder import (
@@ -54,10 +56,54 @@ class BotPost:
 
 
 @dataclass(frozen=True)
+class PersonPost:
+    """A message a person wrote in a channel, as Graph lists it (what reconcile compares
+    with what the bot received)."""
+
+    id: str
+    root_id: str  # the thread's root: itself for a root post
+    created: float
+    author_aad_id: str
+    author_name: str
+    html: str
+    attachments: list[dict[str, Any]]  # Graph's chatMessageAttachment: contentType, contentUrl, name, content
+    mentioned_apps: list[str]  # display names of the apps (the bot) it @mentions
+    mentioned_people: list[dict[str, str]]  # {"id": AAD object id, "name"}
+
+
+@dataclass(frozen=True)
 class ChannelInfo:
     id: str
     name: str
     web_url: str | None
+
+
+def _person_posts(messages: list[Any], root_id: str) -> list[PersonPost]:
+    """The live messages among ``messages`` that a person wrote (not the bot, another app or
+    a system event)."""
+    posts = []
+    for m in messages:
+        user = m.from_.user if m and m.from_ else None
+        if user is None or m.deleted_date_time is not None or m.message_type != ChatMessageType.Message:
+            continue
+        mentions = [x.mentioned for x in m.mentions or [] if x.mentioned]
+        posts.append(
+            PersonPost(
+                id=m.id,
+                root_id=root_id,
+                created=m.created_date_time.timestamp() if m.created_date_time else 0.0,
+                author_aad_id=user.id,
+                author_name=user.display_name or "",
+                html=(m.body.content if m.body else "") or "",
+                attachments=[
+                    {"contentType": a.content_type, "contentUrl": a.content_url, "name": a.name, "content": a.content}
+                    for a in m.attachments or []
+                ],
+                mentioned_apps=[x.application.display_name or "" for x in mentions if x.application],
+                mentioned_people=[{"id": x.user.id, "name": x.user.display_name or ""} for x in mentions if x.user],
+            )
+        )
+    return posts
 
 
 def build_graph_client(base_url: str, auth_provider: AuthenticationProvider | None = None) -> GraphServiceClient:
@@ -215,6 +261,38 @@ class GraphChannels:
                     break
                 page = await messages.with_url(page.odata_next_link).get()
         return found
+
+    async def person_posts(self, group_id: str, channel_id: str, thread_id: str | None = None) -> list[PersonPost]:
+        """Every live message people wrote in a channel (roots and their replies), or in
+        one thread of it, oldest first. One call per page of roots plus one per root: a
+        conversation's channel holds one conversation, so this stays small."""
+        messages = self._client.teams.by_team_id(group_id).channels.by_channel_id(channel_id).messages
+        found: list[PersonPost] = []
+        async with self._call("list_person_posts"):
+            roots = [thread_id] if thread_id else [m.id async for m in self._roots(messages)]
+            for root_id in roots:
+                if not thread_id:
+                    found += _person_posts([await messages.by_chat_message_id(root_id).get()], root_id)
+                page = await messages.by_chat_message_id(root_id).replies.get()
+                while page is not None:
+                    found += _person_posts(page.value or [], root_id)
+                    if not page.odata_next_link:
+                        break
+                    page = await messages.by_chat_message_id(root_id).replies.with_url(page.odata_next_link).get()
+        return sorted(found, key=lambda p: p.created)
+
+    @staticmethod
+    async def _roots(messages: Any) -> AsyncIterator[Any]:
+        config = RequestConfiguration(
+            query_parameters=MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(top=50)
+        )
+        page = await messages.get(request_configuration=config)
+        while page is not None:
+            for message in page.value or []:
+                yield message
+            if not page.odata_next_link:
+                return
+            page = await messages.with_url(page.odata_next_link).get()
 
     async def exists(self, group_id: str, channel_id: str) -> bool:
         """Whether the channel is still there (a 404 from the connector may mean a deleted

@@ -43,6 +43,7 @@ from services.fencing import LeaseLost, current_lease
 from services.log_context import bind
 from services.metrics import Metrics
 from services.rate_limits import Throttled
+from services.reconcile import reconcile_conversation
 from services.store.base import Job
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ class JobRunner:
         self.max_delay = max_delay
         self.poll_interval = poll_interval
         self.clock = clock
+        # Told the workspace of a job that succeeded after failing: an outage ended, and
+        # what it made either side drop is looked for (services/reconcile.py).
+        self.on_recovered: Callable[[str], None] = lambda workspace_id: None
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], int] = {}
@@ -225,6 +229,8 @@ class JobRunner:
         else:
             await self.ctx.store.finish_job(job.seq, self.owner, "done")
             self.metrics.jobs.labels(kind=job.kind, outcome="ok").inc()
+            if job.attempts:
+                self.on_recovered(job.workspace_id)
 
     async def _dispatch(self, job: Job) -> None:
         ws = await self.ctx.store.get_workspace(job.workspace_id)
@@ -238,6 +244,8 @@ class JobRunner:
             await to_neetochat.close_from_teams(self.ctx, ws, job.payload)
         elif job.kind == "teams_command":
             await run_command(self.ctx, ws, job.payload)
+        elif job.kind == "reconcile":
+            await reconcile_conversation(self.ctx, ws, job.payload, self.wake)
         elif job.kind == "teams_settings":
             await show_settings(self.ctx, ws, job.payload)
         elif job.kind == "teams_edit":
@@ -258,6 +266,8 @@ class JobRunner:
         return max(delay, retry_after or 0.0)
 
     async def _retry(self, job: Job, error: str, retry_after: float | None) -> None:
+        if job.kind == "teams_message" and job.attempts == 0:
+            await self._tell_pending(job, error)
         delay = self.backoff(job.attempts, retry_after)
         log.warning("job %s retry in %.1fs: %s", job.seq, delay, error)
         due = self.clock() + delay
@@ -299,6 +309,19 @@ class JobRunner:
         await self.ctx.store.finish_job(job.seq, self.owner, "dead", reason)
         self.metrics.jobs.labels(kind=job.kind, outcome="dead").inc()
 
+    async def _tell_pending(self, job: Job, error: str) -> None:
+        """The person who wrote it learns at the first failure that it has not reached the
+        visitor yet (the same reply says "delivered after all" or "failed" later)."""
+        what = "saved in neetoChat" if job.payload.get("internal") else "delivered to the visitor"
+        try:
+            ws = await self.ctx.store.get_workspace(job.workspace_id)
+            if ws is not None:
+                await to_neetochat.report_delivery(
+                    self.ctx, ws, job.payload, f"⏳ Not {what} yet: {error}. The bridge keeps trying."
+                )
+        except Exception:  # the retry matters more than the notice
+            log.exception("could not post the pending notice for job %s", job.seq)
+
     async def _tell_failure(self, job: Job, reason: str) -> None:
         """Say it where people look; a notice that fails is logged, the dead letter stays."""
         if reason.startswith(BOT_REMOVED):
@@ -310,7 +333,12 @@ class JobRunner:
                     what = "save this note in neetoChat"
                 elif job.kind == "teams_command":
                     what = f"do /{job.payload['command']}"
-                await to_neetochat.tell_thread(self.ctx, job.payload, f"⚠️ Could not {what}: {reason}")
+                text = f"⚠️ Could not {what}: {reason}"
+                ws = await self.ctx.store.get_workspace(job.workspace_id)
+                if job.kind == "teams_message" and ws is not None:
+                    await to_neetochat.report_delivery(self.ctx, ws, job.payload, text)  # edits the ⏳ notice
+                else:
+                    await to_neetochat.tell_thread(self.ctx, job.payload, text)
             elif job.kind == "neetochat_event":
                 await to_teams.tell_undelivered(self.ctx, job.workspace_id, job.payload, reason)
         except NotLinked as exc:  # no team to tell: the dead letter and the status say it

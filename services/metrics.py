@@ -44,6 +44,12 @@ class Metrics:
             buckets=CALL_BUCKETS,
             registry=self.registry,
         )
+        self.healed = Counter(
+            "bridge_reconcile_healed_total",
+            "Messages reconcile found missing on one side and delivered, by direction (to_teams, to_neetochat)",
+            ["direction"],
+            registry=self.registry,
+        )
         self.pending = Gauge("bridge_jobs_pending", "Jobs waiting to run", registry=self.registry)
         self.dead = Gauge("bridge_jobs_dead", "Dead letters (failed for good)", registry=self.registry)
         self.oldest_age = Gauge(

@@ -30,7 +30,7 @@ from services import teams_content
 from services.context import BridgeContext
 from services.errors import RemoteError
 from services.store.base import MessageLink, Workspace
-from services.to_teams import close_portal
+from services.to_teams import close_portal, post_once
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
             raise Refused(str(exc)) from exc
         raise
     await ctx.store.complete_message_link(ws.id, teams_activity_id=activity_id, neeto_message_id=created["id"])
+    await _report_success(ctx, ws, payload)
     for notice in delivery.notices:  # after the message: a failed notice must not resend it
         try:
             await tell_thread(ctx, payload, f"ℹ️ {notice}")
@@ -174,6 +175,35 @@ async def close_from_teams(ctx: BridgeContext, ws: Workspace, payload: dict[str,
     conversation = await ctx.neetochat(ws).close_conversation(payload["conversation_id"], agent["id"])
     dest = await ctx.destination(ws)
     await close_portal(ctx, dest, conversation, agent)
+
+
+async def report_delivery(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any], text: str) -> None:
+    """Say in the message's thread how its delivery stands: one reply per message, posted
+    at the first failure and edited as news comes (still retrying, failed for good,
+    delivered after all), so a thread never fills up with notices. Success on the first
+    try says nothing."""
+    reference = payload["reference"]
+    channel_id, _, root = reference["conversation"]["id"].partition(";messageid=")
+    key = f"delivery:{payload['activity_id']}"
+    activity = Activity(type=ActivityTypes.message, text=notices.notice_html(text), text_format="xml")
+    link = await ctx.store.get_link_by_neeto_id(ws.id, key)
+    if link and link.teams_activity_id:
+        await ctx.poster.update(reference, link.teams_activity_id, activity)
+        return
+    dest = await ctx.destination(ws)
+    await post_once(ctx, dest, payload["conversation_id"], key, channel_id, activity, thread_id=root or None)
+
+
+async def _report_success(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """A message that failed before and went through now: its notice says so."""
+    link = await ctx.store.get_link_by_neeto_id(ws.id, f"delivery:{payload['activity_id']}")
+    if link is None or not link.teams_activity_id:
+        return
+    done = "✅ Saved in neetoChat after all." if payload.get("internal") else "✅ Delivered to the visitor after all."
+    try:
+        await report_delivery(ctx, ws, payload, done)
+    except Exception:  # delivered is what matters; the old notice stays wrong, and is logged
+        log.exception("could not update the delivery notice of %s", payload["activity_id"])
 
 
 async def tell_thread(ctx: BridgeContext, payload: dict[str, Any], text: str) -> None:

@@ -840,3 +840,23 @@ async def test_neeto_teams_are_remembered_per_workspace_and_renamed_in_place(sto
     await store.remember_neeto_team("ws1", "t1", "Billing & Invoices")
     assert await store.neeto_teams("ws1") == {"t1": "Billing & Invoices", "t2": "Sales"}
     assert await store.neeto_teams("ws2") == {"t1": "Other workspace"}
+
+
+async def test_open_portals_are_walked_in_bounded_steps(store: Store):
+    for n in range(5):
+        assert await store.create_portal(Portal("ws1", f"c{n}", n, state="open", channel_id=f"19:{n}"))
+    assert await store.create_portal(Portal("ws1", "c9", 9, state="closed"))
+    assert await store.create_portal(Portal("ws2", "c1", 1, state="open"))
+    first = await store.open_portals("ws1", None, 2)
+    assert [p.conversation_id for p in first] == ["c0", "c1"]
+    rest = await store.open_portals("ws1", first[-1].conversation_id, 10)
+    assert [p.conversation_id for p in rest] == ["c2", "c3", "c4"]
+    assert await store.open_portals("ws1", "c4", 10) == []
+
+
+async def test_linked_workspaces(store: Store):
+    await store.put_workspace(workspace("ws1"))
+    linked = workspace("ws2")
+    linked.team_id = "19:team@thread.tacv2"
+    await store.put_workspace(linked)
+    assert [w.id for w in await store.linked_workspaces()] == ["ws2"]

@@ -163,6 +163,10 @@ class Store(abc.ABC):
         """Workspaces whose team is one of ``team_ids`` (a team's thread id and group id)."""
 
     @abc.abstractmethod
+    async def linked_workspaces(self) -> list[Workspace]:
+        """Every workspace linked to a team (what reconcile walks)."""
+
+    @abc.abstractmethod
     async def delete_workspace(self, workspace_id: str) -> bool:
         """Remove the workspace, its portals, links and unfinished jobs. True if it existed."""
 
@@ -193,6 +197,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def count_portals(self, workspace_id: str, state: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def open_portals(self, workspace_id: str, after: str | None, limit: int) -> list[Portal]:
+        """Open portals in conversation id order, those after ``after``: a walk over all
+        of them in bounded steps."""
 
     @abc.abstractmethod
     async def open_channels_by_team(self) -> dict[str, int]:

@@ -185,6 +185,9 @@ class MongoStore(Store):
         ids = [t for t in team_ids if t]
         return [_load(Workspace, doc, "id") async for doc in self.db.workspaces.find({"team_id": {"$in": ids}})]
 
+    async def linked_workspaces(self) -> list[Workspace]:
+        return [_load(Workspace, doc, "id") async for doc in self.db.workspaces.find({"team_id": _STRING})]
+
     async def delete_workspace(self, workspace_id: str) -> bool:
         result = await self.db.workspaces.delete_one({"_id": workspace_id})
         await self.db.portals.delete_many({"workspace_id": workspace_id})
@@ -222,6 +225,11 @@ class MongoStore(Store):
     async def get_portal(self, workspace_id: str, conversation_id: str) -> Portal | None:
         doc = await self.db.portals.find_one({"workspace_id": workspace_id, "conversation_id": conversation_id})
         return _load(Portal, doc)
+
+    async def open_portals(self, workspace_id: str, after: str | None, limit: int) -> list[Portal]:
+        query = {"workspace_id": workspace_id, "state": "open", "conversation_id": {"$gt": after or ""}}
+        cursor = self.db.portals.find(query).sort("conversation_id", ASCENDING).limit(limit)
+        return [_load(Portal, doc) async for doc in cursor]
 
     async def get_portal_by_channel(self, channel_id: str, thread_id: str | None = None) -> Portal | None:
         query = {"channel_id": {"$eq": channel_id, **_STRING}, "state": {"$ne": "closed"}}

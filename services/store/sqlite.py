@@ -337,6 +337,10 @@ class SqliteStore(Store):
         rows = await self._all(f"SELECT * FROM workspaces WHERE team_id IN ({','.join('?' * len(ids))})", ids)
         return [_from_row(Workspace, r) for r in rows]
 
+    async def linked_workspaces(self) -> list[Workspace]:
+        rows = await self._all("SELECT * FROM workspaces WHERE team_id IS NOT NULL")
+        return [_from_row(Workspace, r) for r in rows]
+
     async def delete_workspace(self, workspace_id: str) -> bool:
         async with self._transaction() as db:
             cursor = await db.execute("DELETE FROM workspaces WHERE id = ?", (workspace_id,))
@@ -380,6 +384,14 @@ class SqliteStore(Store):
             "SELECT * FROM portals WHERE workspace_id = ? AND conversation_id = ?", (workspace_id, conversation_id)
         )
         return _from_row(Portal, row)
+
+    async def open_portals(self, workspace_id: str, after: str | None, limit: int) -> list[Portal]:
+        rows = await self._all(
+            "SELECT * FROM portals WHERE workspace_id = ? AND state = 'open' AND conversation_id > ?"
+            " ORDER BY conversation_id LIMIT ?",
+            (workspace_id, after or "", limit),
+        )
+        return [_from_row(Portal, r) for r in rows]
 
     async def get_portal_by_channel(self, channel_id: str, thread_id: str | None = None) -> Portal | None:
         row = await self._one(
