@@ -91,19 +91,19 @@ def plain_text(text: str) -> str:
     )
 
 
-def _one_line(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+def one_line(text: str, limit: int = MAX_FIELD_CHARS) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _link(url: str | None) -> str | None:
+def web_link(url: str | None) -> str | None:
     """An http(s) URL safe inside a Markdown link destination and as an action URL, or None."""
     if not url or urlsplit(url).scheme not in ("http", "https"):
         return None
     return quote(url, safe=":/?#@!$&'*+,;=%~-._")  # spaces, (), <>, quotes, non-ASCII encoded
 
 
-def _adaptive_time(iso: str | None) -> str:
+def adaptive_time(iso: str | None) -> str:
     """Each viewer's local date and time, through Adaptive Cards' DATE/TIME functions
     (they take RFC 3339 without fractional seconds)."""
     if not iso:
@@ -111,7 +111,7 @@ def _adaptive_time(iso: str | None) -> str:
     try:
         moment = datetime.fromisoformat(iso)
     except ValueError:
-        return plain_text(_one_line(iso, 40))
+        return plain_text(one_line(iso, 40))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     stamp = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -146,7 +146,7 @@ def _message_blocks(message: str, limit: int, conversation_url: str | None) -> l
     text = message[:limit].rstrip() + "…" if shortened else message
     blocks: list[CardElement] = [RichTextBlock(inlines=[TextRun(text=no_template(text))])]
     if shortened:
-        url = _link(conversation_url)
+        url = web_link(conversation_url)
         more = TextRun(text=READ_MORE, select_action=OpenUrlAction(url=url)) if url else TextRun(text="(shortened)")
         blocks.append(RichTextBlock(inlines=[more], spacing="Small"))
     return blocks
@@ -162,8 +162,8 @@ def _build(
 ) -> AdaptiveCard:
     closed = is_closed(conversation)
     visitor = conversation.get("visitor") or {}
-    who = plain_text(_one_line(visitor_label(visitor), field_limit))
-    contact = _link(visitor.get("contact_url"))
+    who = plain_text(one_line(visitor_label(visitor), field_limit))
+    contact = web_link(visitor.get("contact_url"))
     heading = f"A conversation started by [{who}]({contact})" if contact else f"A conversation started by {who}"
     body: list[CardElement] = [
         TextBlock(text=heading, wrap=True, weight="Bolder", size="Large"),
@@ -173,9 +173,9 @@ def _build(
     body.append(
         FactSet(
             facts=[
-                Fact(title="Assignee", value=plain_text(_one_line(assignee_label(conversation.get("assignee"))))),
+                Fact(title="Assignee", value=plain_text(one_line(assignee_label(conversation.get("assignee"))))),
                 Fact(title="Status", value=plain_text(status_label(conversation.get("status")))),
-                Fact(title="Last reply", value=_adaptive_time(conversation.get("last_reply_at"))),
+                Fact(title="Last reply", value=adaptive_time(conversation.get("last_reply_at"))),
             ],
             spacing="Medium",
         )
@@ -187,18 +187,18 @@ def _build(
             FactSet(
                 facts=[
                     Fact(
-                        title=plain_text(_one_line(p.get("question") or "", field_limit)),
-                        value=plain_text(_one_line(p.get("answer") or "", field_limit)) or "–",
+                        title=plain_text(one_line(p.get("question") or "", field_limit)),
+                        value=plain_text(one_line(p.get("answer") or "", field_limit)) or "–",
                     )
                     for p in prechat
                 ]
             )
         )
     actions: list[Any] = []
-    channel = _link(channel_url)
+    channel = web_link(channel_url)
     if channel and not closed:
         actions.append(OpenUrlAction(title="View conversation in Teams", url=channel))
-    neeto = _link(conversation.get("url"))
+    neeto = web_link(conversation.get("url"))
     if neeto:
         actions.append(OpenUrlAction(title="Open in neetoChat", url=neeto))
     if workspace_id and not closed:

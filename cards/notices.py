@@ -32,7 +32,7 @@ def _linkify_escaped(text: str) -> str:
     return "".join(out).replace("\n", "<br>")
 
 
-def _human_size(size: int | None) -> str:
+def human_size(size: int | None) -> str:
     if not size:
         return ""
     for unit in ("B", "KB", "MB", "GB"):
@@ -62,7 +62,7 @@ def message_html(message: dict[str, Any], conversation_url: str | None = None) -
         more = f' <a href="{html.escape(conversation_url)}">Read the rest in neetoChat</a>' if conversation_url else ""
         parts.append(f"<i>(message shortened)</i>{more}")
     for att in message.get("attachments") or []:
-        details = ", ".join(x for x in (att.get("content_type"), _human_size(att.get("size"))) if x)
+        details = ", ".join(x for x in (att.get("content_type"), human_size(att.get("size"))) if x)
         parts.append(
             f'📎 <a href="{html.escape(att.get("url", ""))}">{html.escape(att.get("filename") or "attachment")}</a>'
             + (f" ({html.escape(details)})" if details else "")

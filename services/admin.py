@@ -43,16 +43,20 @@ async def link_team(
     tenant_id: Any = None,
     notification_channel_id: Any = None,
     update_type: Any = "new_conversations",
+    transcript_on_close: Any = None,
     on_enqueued=None,
 ) -> Workspace:
     """Link ``ws`` to a team: what ``PUT /api/admin/workspaces/{ws}/teams`` and the sign-in
     flow (``services/web``) both do. The authorizing user must be an active neetoChat agent
-    (non-agents write as them). Saves the workspace and queues the confirmation post in
-    General; ``LinkError`` (nothing saved) when refused."""
+    (non-agents write as them). ``transcript_on_close`` None keeps the workspace's setting.
+    Saves the workspace and queues the confirmation post in General; ``LinkError`` (nothing
+    saved) when refused."""
     if not isinstance(team_id, str) or not team_id:
         raise LinkError(400, "team_id is required")
     if update_type not in UPDATE_TYPES:
         raise LinkError(400, f"update_type must be one of {', '.join(UPDATE_TYPES)}")
+    if transcript_on_close is not None and not isinstance(transcript_on_close, bool):
+        raise LinkError(400, "transcript_on_close must be true or false")
     if not isinstance(user, dict) or not isinstance(user.get("email"), str):
         raise LinkError(400, "authorizing_user with an email is required")
     if notification_channel_id is not None and not isinstance(notification_channel_id, str):
@@ -69,6 +73,8 @@ async def link_team(
     ws.aad_group_id = installation.aad_group_id if installation else (None if team_id.startswith("19:") else team_id)
     ws.notification_channel_id = notification_channel_id or None
     ws.update_type = update_type
+    if transcript_on_close is not None:
+        ws.transcript_on_close = transcript_on_close
     ws.authorizing_user = {
         "aad_object_id": user.get("aad_object_id"),
         "email": user["email"],
@@ -215,6 +221,7 @@ class AdminApi:
                 tenant_id=body.get("tenant_id"),
                 notification_channel_id=body.get("notification_channel_id"),
                 update_type=body.get("update_type", "new_conversations"),
+                transcript_on_close=body.get("transcript_on_close"),
                 user=body.get("authorizing_user"),
                 on_enqueued=self.on_enqueued,
             )
@@ -284,6 +291,7 @@ class AdminApi:
                 "notification_channel_id": ws.notification_channel_id
                 or (installation.general_channel_id if installation else None),
                 "update_type": ws.update_type,
+                "transcript_on_close": ws.transcript_on_close,
                 "authorizing_user": {"name": user.get("name"), "email": user.get("email")} if user else None,
                 "problem": _link_problem(ws, installation),
             },

@@ -1,4 +1,5 @@
-"""A linked workspace's two settings, the notification channel and the update type.
+"""A linked workspace's settings: the notification channel, the update type and whether a
+closed conversation's transcript is posted.
 
 Changed from two places with the same checks: the settings page (``services/web/pages.py``,
 for the admin who linked the workspace) and the ``/settings`` card in Teams
@@ -48,9 +49,15 @@ async def is_team_owner(ctx: BridgeContext, ws: Workspace, inst: Installation, a
 
 
 async def change_settings(
-    ctx: BridgeContext, ws: Workspace, inst: Installation, channel_id: object, update_type: object
+    ctx: BridgeContext,
+    ws: Workspace,
+    inst: Installation,
+    channel_id: object,
+    update_type: object,
+    transcript_on_close: bool | None = None,
 ) -> list[ChannelInfo]:
-    """Check and save; returns the team's channels (what the caller shows next)."""
+    """Check and save (``transcript_on_close`` None: unchanged); returns the team's channels
+    (what the caller shows next)."""
     if update_type not in UPDATE_TYPES:
         raise SettingsError(400, "Choose an update type.")
     try:
@@ -61,6 +68,8 @@ async def change_settings(
         raise SettingsError(400, "Not saved: that channel is not one of this team's channels.")
     ws.notification_channel_id = str(channel_id)
     ws.update_type = str(update_type)
+    if transcript_on_close is not None:
+        ws.transcript_on_close = transcript_on_close
     ws.updated_at = time.time()
     await ctx.store.put_workspace(ws)
     return channels

@@ -6,8 +6,8 @@ Every handler is idempotent and resumable, because a job can be cut off at any p
 - the portal row is created before the channel, and the channel id recorded as soon as
   Graph returns it, so a rerun never makes a second channel;
 - every post goes through ``post_once`` with a stable key (the neetoChat message id, or
-  ``intro:``/``notice:``/``event:`` keys), which records an intent before posting and the
-  Teams activity id after; a key with an activity id is never posted again.
+  ``intro:``/``notice:``/``event:``/``transcript:`` keys), which records an intent before
+  posting and the Teams activity id after; a key with an activity id is never posted again.
 
 Events can arrive twice, late or out of order; the outcome is the same because any event
 for a conversation first *ensures* its portal (create channel, intro card, notice, then
@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from botbuilder.schema import Activity, ActivityTypes
 
 from cards import notices
 from cards.conversation import card_attachment, new_conversation_card
+from cards.transcript import transcript_card
 from services.channel_names import channel_name
 from services.context import BridgeContext, Destination
 from services.errors import RemoteError
@@ -58,14 +61,16 @@ async def post_once(
     activity: Activity,
     *,
     thread_id: str | None = None,
+    intent_at: float = 0.0,
 ) -> tuple[str, dict[str, Any]]:
     """Post ``activity`` in ``channel_id`` (a root post, or a reply in thread ``thread_id``)
     unless ``key`` was posted before.
 
-    The intent is recorded before posting. Finding an intent without an activity id means
-    an earlier attempt died between posting and recording: Graph's list of the channel's
-    posts tells whether that post exists, and it is adopted instead of posted again.
-    Returns the activity id and the reference of the thread the post is in.
+    The intent is recorded before posting (at ``intent_at``, default now). Finding an intent
+    without an activity id means an earlier attempt died between posting and recording:
+    Graph's list of the channel's posts tells whether that post exists, and it is adopted
+    instead of posted again. Returns the activity id and the reference of the thread the
+    post is in.
     """
     ws_id = dest.workspace.id
     root = thread_id
@@ -79,7 +84,7 @@ async def post_once(
     activity_id = None
     if link is None:
         await ctx.store.add_message_link(
-            MessageLink(ws_id, conversation_id, key, None, "to_teams", channel_id=channel_id)
+            MessageLink(ws_id, conversation_id, key, None, "to_teams", created_at=intent_at, channel_id=channel_id)
         )
     else:
         activity_id = await _earlier_post(ctx, dest, channel_id, thread_id, link, activity)
@@ -156,7 +161,7 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     await remember_teams(ctx.store, ws.id, event)  # for /assign team <name>
     dest = await ctx.destination(ws)
     if name == "conversation.closed":
-        await close_portal(ctx, dest, conversation, data.get("actor"))
+        await close_portal(ctx, dest, conversation, data.get("actor"), closed_at=event.get("created_at"))
         return
     try:
         portal = await ensure_portal(ctx, dest, conversation["id"])
@@ -259,7 +264,7 @@ async def _reopen(ctx: BridgeContext, dest: Destination, portal: Portal) -> Port
         # thread): forget them, so that the history is posted again in the new channel.
         await ctx.store.forget_channel_links(ws_id, conversation_id, portal.channel_id)
     # number: a tombstone (closed before we saw it) has none
-    fields = {"number": conversation["number"], "state": "open", "thread_id": None, **NO_CHANNEL}
+    fields = {"number": conversation["number"], "state": "open", "thread_id": None, "reopened": True, **NO_CHANNEL}
     await ctx.store.update_portal(ws_id, conversation_id, **fields)
     log.info("conversation reopened: opening a channel for it again")
     return replace(portal, **fields)
@@ -317,6 +322,16 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
         }
         await ctx.store.update_portal(ws_id, conv_id, **fields)
         portal = replace(portal, **fields)
+        if portal.reopened:  # after the card, before the history
+            await _post_transcript(
+                ctx,
+                dest,
+                conversation,
+                f"opening-transcript:{conv_id}:{portal.channel_id}",
+                portal.channel_id,
+                messages=history,
+                reopened=True,
+            )
     if first:
         # The card shows the first message: link it to the card (the suffix keeps the
         # activity id unique in the map) so the backfill below does not post it again.
@@ -325,8 +340,8 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
         )
     for message in history:
         await deliver_message(ctx, dest, portal, message, conversation, backfill=True)
-    await ctx.store.update_portal(ws_id, conv_id, backfilled=True)
-    portal.backfilled = True
+    await ctx.store.update_portal(ws_id, conv_id, backfilled=True, reopened=False)
+    portal.backfilled, portal.reopened = True, False
     return portal
 
 
@@ -509,10 +524,16 @@ async def post_assignment(ctx: BridgeContext, dest: Destination, portal: Portal,
 
 
 async def close_portal(
-    ctx: BridgeContext, dest: Destination, conversation: dict[str, Any], actor: dict[str, Any] | None
+    ctx: BridgeContext,
+    dest: Destination,
+    conversation: dict[str, Any],
+    actor: dict[str, Any] | None,
+    *,
+    closed_at: str | None = None,
 ) -> None:
-    """Delete the conversation's channel (seed: closing in either place deletes it) and
-    turn the notification card into its closed state."""
+    """Delete the conversation's channel (seed: closing in either place deletes it), after
+    posting its transcript in the notification channel, and turn the notification card into
+    its closed state. ``closed_at``: when it was closed (ISO 8601), if known."""
     ws_id = dest.workspace.id
     conversation_id = conversation["id"]
     portal = await ctx.store.get_portal(ws_id, conversation_id)
@@ -535,6 +556,7 @@ async def close_portal(
             thread_id=portal.thread_id,
         )
     elif portal.channel_id:
+        await post_closing_transcript(ctx, dest, portal, conversation, actor, closed_at)
         group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
         await check_lease(ctx.store)
         await _graph(ctx, dest).delete(group_id, portal.channel_id)
@@ -550,6 +572,66 @@ async def close_portal(
         log.warning("closed card not shown: %s", exc)  # deleted by a person
     await ctx.store.update_portal(ws_id, conversation_id, state="closed")
     log.info("conversation channel deleted")
+
+
+async def post_closing_transcript(
+    ctx: BridgeContext,
+    dest: Destination,
+    portal: Portal,
+    conversation: dict[str, Any],
+    actor: dict[str, Any] | None,
+    closed_at: str | None,
+) -> None:
+    """The transcript of a conversation whose channel is about to be deleted, in the
+    notification channel (when the workspace wants it). Keyed by the channel: a conversation
+    closed, reopened and closed again gets one per close, and a rerun of the close none."""
+    ws = dest.workspace
+    if not ws.transcript_on_close:
+        return
+    key = f"transcript:{portal.conversation_id}:{portal.channel_id}"
+    link = await ctx.store.get_link_by_neeto_id(ws.id, key)
+    if link and link.teams_activity_id:
+        return  # posted by an earlier attempt: no need to read the conversation again
+    # A close without a known time (/close, the card's button) is dated by the transcript's
+    # intent, so that a rerun builds the same card (``post_once`` finds a crashed attempt's
+    # post by its content).
+    intent_at = link.created_at if link else time.time()
+    closed_at = closed_at or datetime.fromtimestamp(intent_at, UTC).isoformat()
+    await _post_transcript(
+        ctx,
+        dest,
+        conversation,
+        key,
+        dest.notification_channel_id,
+        intent_at=intent_at,
+        closed_by=actor,
+        closed_at=closed_at,
+    )
+
+
+async def _post_transcript(
+    ctx: BridgeContext,
+    dest: Destination,
+    conversation: dict[str, Any],
+    key: str,
+    channel_id: str,
+    *,
+    messages: list[dict[str, Any]] | None = None,
+    intent_at: float = 0.0,
+    **details: Any,
+) -> None:
+    """Post the conversation's transcript card once (``key``), from ``messages`` or all of
+    them read from neetoChat. What can succeed later is raised (the job retries; the post is
+    made once); a refusal (Teams' 413, say) is logged and the work goes on without it."""
+    try:
+        if messages is None:
+            messages = [m async for m in ctx.neetochat(dest.workspace).iter_messages(conversation["id"])]
+        card = transcript_card(conversation, messages, **details)
+        await post_once(ctx, dest, conversation["id"], key, channel_id, card_activity(card), intent_at=intent_at)
+    except RemoteError as exc:
+        if exc.retryable or exc.code == "BotNotInConversationRoster":  # the job loop marks the bot removed
+            raise
+        log.warning("transcript not posted: %s", exc)
 
 
 def conversation_card(dest: Destination, portal: Portal, conversation: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from cards.conversation import (
     plain_text,
 )
 from cards.settings import settings_card, settings_form
+from cards.transcript import MAX_MESSAGE_CHARS, SECTION_ID, SHOW, transcript_card
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDER = ROOT / "tests" / "render" / "render.mjs"
@@ -81,6 +82,47 @@ def _conversation(**changes) -> dict:
 ADA = {"type": "agent", "id": "agt_1", "name": "Ada Agent", "email": "ada@acme.test"}
 BILLING = {"type": "team", "id": "team_1", "name": "Billing"}
 REPLIED = "2024-05-01T10:11:12.345Z"  # 3:41 PM for a viewer in India
+VERA = {"type": "visitor", "id": "vis_1", "name": "Vera Jones", "email": "vera@example.com"}
+INVOICE_URL = "https://acme.neetochat.com/files/att_1/invoice%207.pdf"
+
+
+def _message(sender: dict, body: str, minute: int, **changes) -> dict:
+    message = {
+        "id": f"msg_{minute}",
+        "sender": sender,
+        "body": body,
+        "attachments": [],
+        "internal": False,
+        "source": "widget" if sender["type"] == "visitor" else "app",
+        "created_at": f"2024-05-01T10:{minute:02d}:00.000Z",
+    }
+    message.update(changes)
+    return message
+
+
+TRANSCRIPT = [
+    _message(VERA, TRICKY_MESSAGE, 5),
+    _message(ADA, "Sorry about that! Could you send the invoice?", 6, source="teams"),
+    _message(
+        VERA,
+        "Here it is",
+        7,
+        attachments=[
+            {"filename": "invoice 7.pdf", "content_type": "application/pdf", "size": 2800, "url": INVOICE_URL}
+        ],
+    ),
+    _message(ADA, "Refund approved by finance, do not tell yet", 8, internal=True),
+    _message(ADA, "Refunded. Anything else?", 9),
+]
+CLOSED_AT = "2024-05-01T10:30:00Z"  # 4:00 PM for a viewer in India
+
+
+def _shown(card: dict) -> dict:
+    """The card as it looks once "Show transcript" is pressed."""
+    card = copy.deepcopy(card)
+    section = next(block for block in card["body"] if block.get("id") == SECTION_ID)
+    del section["isVisible"]
+    return card
 
 
 def _cards() -> dict[str, dict]:
@@ -123,10 +165,12 @@ def _cards() -> dict[str, dict]:
             "all_activity",
             problem="Not saved: that channel is not one of this team's channels.",
         ),
+        "transcript": transcript_card(_conversation(status="closed"), TRANSCRIPT, closed_by=ADA, closed_at=CLOSED_AT),
     }
 
 
 CARDS = _cards()
+CARDS["transcript_shown"] = _shown(CARDS["transcript"])
 
 
 def _actions(card) -> dict[str, dict]:
@@ -384,3 +428,99 @@ def test_rendered_long_message_is_cut_with_a_link(rendered):
     seen = rendered["long_message"]
     assert {"text": READ_MORE, "href": "https://acme.neetochat.com/admin/conversations/1042"} in seen["links"]
     assert "0123456789 0123456789" in seen["text"] and "…" in seen["text"]
+
+
+# --- the transcript -------------------------------------------------------------------------
+
+
+def _section(card) -> dict:
+    return next(block for block in card["body"] if block.get("id") == SECTION_ID)
+
+
+def _runs(node) -> list[dict]:
+    """Every TextRun under ``node``, in order."""
+    if isinstance(node, dict):
+        return [node] if node.get("type") == "TextRun" else [r for v in node.values() for r in _runs(v)]
+    return [r for item in node for r in _runs(item)] if isinstance(node, list) else []
+
+
+def test_transcript_is_compact_with_the_messages_in_a_hidden_section():
+    card = CARDS["transcript"]
+    assert card["body"][0]["text"] == "Transcript of conversation #1042"
+    facts = {f["title"]: f["value"] for f in card["body"][1]["facts"]}
+    assert facts == {
+        "Visitor": "Vera Jones (vera@example.com)",
+        "Messages": "5 (1 internal note)",
+        "Started": "{{DATE(2024-05-01T10:05:00Z, SHORT)}} {{TIME(2024-05-01T10:05:00Z)}}",
+        "Closed by": "Ada Agent",
+        "Closed": "{{DATE(2024-05-01T10:30:00Z, SHORT)}} {{TIME(2024-05-01T10:30:00Z)}}",
+    }
+    section = _section(card)
+    assert section["isVisible"] is False and len(section["items"]) == len(TRANSCRIPT)
+    assert card["actions"] == [
+        {"type": "Action.ToggleVisibility", "title": SHOW, "targetElements": [SECTION_ID]},
+        {"type": "Action.OpenUrl", "title": "Open in neetoChat", "url": _conversation()["url"]},
+    ]
+    texts = [run["text"] for run in _runs(section)]
+    assert TRICKY_MESSAGE.replace("{{", "{" + WORD_JOINER + "{") in texts  # a plain TextRun, as typed
+    assert " (Visitor, {{DATE(2024-05-01T10:05:00Z, SHORT)}} {{TIME(2024-05-01T10:05:00Z)}})" in texts
+    assert [t for t in texts if "Internal note" in t] == ["🔒 Internal note · "]
+    file = next(run for run in _runs(section) if run["text"] == "invoice 7.pdf")
+    assert file["selectAction"] == {"type": "Action.OpenUrl", "url": INVOICE_URL}
+
+
+def test_a_long_conversation_keeps_the_newest_messages_under_28_kb(validator):
+    messages = [_message(VERA if n % 2 else ADA, f"message number {n}", n % 60, id=f"m{n}") for n in range(300)]
+    card = transcript_card(_conversation(), messages, closed_by=None, closed_at=CLOSED_AT)
+    assert card_size(card) < TEAMS_CARD_LIMIT_BYTES
+    assert validator.is_valid(_without_teams_extension(card))
+    items = _section(card)["items"]
+    shown = len(items) - 1
+    assert 20 < shown < 300
+    earlier = items[0]["inlines"]
+    assert earlier[0]["text"] == f"{300 - shown} earlier messages: "
+    assert earlier[1] == {
+        "type": "TextRun",
+        "text": "open in neetoChat",
+        "selectAction": {"type": "Action.OpenUrl", "url": _conversation()["url"]},
+    }
+    texts = [run["text"] for run in _runs(items[1:])]
+    assert "message number 299" in texts and f"message number {300 - shown}" in texts
+    assert f"message number {299 - shown}" not in texts
+    assert {f["title"]: f["value"] for f in card["body"][1]["facts"]}["Closed by"] == "neetoChat"
+
+    huge = [_message(VERA, "😀<{{" * 20_000, 1)] * 40  # over the per-message cut, and over the budget
+    card = transcript_card(_conversation(url=None), huge)
+    assert card_size(card) < TEAMS_CARD_LIMIT_BYTES
+    assert validator.is_valid(_without_teams_extension(card))
+    first, *rest = _section(card)["items"]
+    assert first["inlines"][0]["text"] == f"{40 - len(rest)} earlier messages are not shown."
+    assert all(len(t) <= MAX_MESSAGE_CHARS + 1 for t in (r["text"] for r in _runs(rest)))
+
+
+def test_the_transcript_that_opens_a_reopened_conversation_says_so(validator):
+    card = transcript_card(_conversation(), TRANSCRIPT[:2], reopened=True)
+    assert validator.is_valid(_without_teams_extension(card))
+    assert card["body"][0]["text"] == "Conversation #1042 was reopened: its transcript so far"
+    assert [f["title"] for f in card["body"][1]["facts"]] == ["Visitor", "Messages", "Started"]
+    empty = transcript_card(_conversation(), [])
+    assert validator.is_valid(_without_teams_extension(empty))
+    assert [a["title"] for a in empty["actions"]] == ["Open in neetoChat"]
+
+
+def test_rendered_transcript_shows_the_messages_as_typed_only_when_asked(rendered):
+    closed = _visible(rendered["transcript"])
+    assert closed.startswith("Transcript of conversation #1042\n")
+    assert "Vera Jones (vera@example.com)" in closed and "5 (1 internal note)" in closed
+    assert "Wed, May 1, 2024 4:00 PM" in closed  # closed, in the viewer's time zone
+    assert "Sorry about that" not in closed  # the messages wait behind the button
+    assert rendered["transcript"]["buttons"] == [SHOW, "Open in neetoChat"]
+
+    seen = rendered["transcript_shown"]
+    text = _visible(seen)
+    for line in TRICKY_LINES:  # each line exactly as typed: no Markdown, HTML, template or mention
+        assert line in text.split("\n"), line
+    assert "Vera Jones (Visitor, Wed, May 1, 2024 3:35 PM)" in text
+    assert "Ada Agent (Agent, Wed, May 1, 2024 3:36 PM)" in text
+    assert text.count("Internal note") == 1 and "🔒 Internal note · Ada Agent" in text
+    assert {"text": "invoice 7.pdf", "href": INVOICE_URL} in seen["links"]

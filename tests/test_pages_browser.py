@@ -94,20 +94,24 @@ async def test_login_pick_team_and_save_settings_in_the_browser(signin, page, sh
     select = page.get_by_label("Notification channel")
     await expect(select.locator("option:checked")).to_have_text("General")
     await expect(page.get_by_label("New conversations")).to_be_checked()
+    await expect(page.get_by_label("post its transcript")).to_be_checked()
     await wait_for(lambda: h.ms.posts(h.team_id), what="the link confirmation in General")
     await page.screenshot(path=str(shots / "settings.png"), full_page=True)
 
     await select.select_option(label="Escalations")
     await page.get_by_label("All conversation activity").check()
+    await page.get_by_label("post its transcript").uncheck()
     await page.get_by_role("button", name="Save").click()
     await expect(page.get_by_text("Saved.")).to_be_visible()
     await expect(page.get_by_label("Notification channel").locator("option:checked")).to_have_text("Escalations")
     await expect(page.get_by_label("All conversation activity")).to_be_checked()
+    await expect(page.get_by_label("post its transcript")).not_to_be_checked()
     await page.screenshot(path=str(shots / "settings-saved.png"), full_page=True)
 
     ws = await s.workspace()
     assert ws.team_id == h.team_id and ws.authorizing_user["aad_object_id"] == h.adam["aadObjectId"]
     assert ws.notification_channel_id == escalations and ws.update_type == "all_activity"
+    assert ws.transcript_on_close is False
 
 
 async def test_bot_not_installed_page_in_the_browser(signin, page, shots):

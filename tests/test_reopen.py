@@ -18,10 +18,11 @@ async def test_a_reopened_conversation_gets_a_new_channel_with_its_history(conne
     new = await wait_for(
         lambda: h.ms.channel_by_name(h.team_id, f"{conv['number']} Rae 2"), what="a new channel (old name taken)"
     )
-    await wait_for(lambda: len(h.ms.posts(new["id"])) == 2, what="card and history")
+    await wait_for(lambda: len(h.ms.posts(new["id"])) == 3, what="card, transcript and history")
     posts = h.ms.posts(new["id"])
     assert posts[0]["attachments"], "the conversation card opens the new channel"
-    assert post_bodies(posts[1:]) == ["Fixed, closing"]  # "hello" is in the card
+    assert "was reopened: its transcript so far" in str(posts[1]["attachments"])  # tests/test_transcript.py
+    assert post_bodies(posts[2:]) == ["Fixed, closing"]  # "hello" is in the card
     notice = await wait_for(
         lambda: next((p for p in h.general_posts() if "was reopened" in (p["text"] or "")), None),
         what="the notice in the notification channel",

@@ -29,6 +29,7 @@ from sandbox.microsoft import Channel
 from sandbox.tls import make_test_tls
 from services.web.links import sign_login_link
 from tests.harness import API_KEY, WEBHOOK_SECRET, WS, bridge_env, free_port, wait_for
+from tests.test_transcript import transcripts
 
 APP_SECRET = "bot-client-secret-" + secrets.token_hex(8)
 
@@ -215,6 +216,42 @@ async def test_sign_in_pick_team_link_and_change_settings(signin):
     await h.wait_channel(conv["number"])
     await wait_for(lambda: h.ms.posts(escalations), what="the notice in Escalations")
     assert len(h.ms.posts(h.team_id)) == 1  # General has only the confirmation
+
+
+async def test_the_settings_page_turns_the_transcript_on_close_off_and_on(signin):
+    s, h = signin, signin.h
+    await s.connect_workspace()
+    await s.install()
+    box = re.compile(r'<input type="checkbox" name="transcript_on_close" value="on" (checked)?>')
+
+    async def close_one(name: str) -> None:
+        conv = h.neeto.start_conversation(WS, visitor_name=name, visitor_email=f"{name}@example.com", message="hi")
+        await h.wait_channel(conv["number"])
+        h.neeto.close(WS, conv["id"], actor_agent_id=h.ada_agent["id"])
+        await wait_for(lambda: h.conversation_channel(conv["number"]) is None, what="the channel deleted")
+        await wait_for(lambda: _no_pending(s), what="the bridge to be idle")
+
+    async with s.browser() as browser:
+        page = await s.link_team(browser)
+        assert box.search(page).group(1) == "checked"  # on by default
+        # an unticked box is not in the form at all
+        status, page = await s.post(browser, "/teams/settings", page, notification_channel_id=h.team_id,
+                                    update_type="new_conversations")
+        assert status == 200 and "Saved" in page and box.search(page).group(1) is None, page
+        assert (await s.workspace()).transcript_on_close is False
+        await close_one("nat")
+        assert transcripts(h.general_posts()) == []
+
+        status, page = await s.post(browser, "/teams/settings", page, notification_channel_id=h.team_id,
+                                    update_type="new_conversations", transcript_on_close="on")
+        assert status == 200 and box.search(page).group(1) == "checked"
+        await close_one("oda")
+        [card] = transcripts(h.general_posts())
+        assert card["body"][1]["facts"][0]["value"] == "oda (oda@example.com)"
+
+
+async def _no_pending(s: SignIn) -> bool:
+    return (await s.store.job_counts(WS)).pending == 0
 
 
 async def test_disconnect_stops_syncing_and_keeps_the_workspace(signin):

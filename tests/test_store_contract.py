@@ -11,7 +11,9 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import pytest_asyncio
@@ -460,6 +462,69 @@ async def test_workspace_put_get_replace(store: Store):
     assert (got.created_at, got.updated_at) == (5.0, 6.0)
 
 
+async def test_transcript_setting_and_reopened_flag_round_trip(store: Store):
+    await store.put_workspace(workspace())
+    assert (await store.get_workspace("ws1")).transcript_on_close is True  # on unless turned off
+    await store.put_workspace(workspace(transcript_on_close=False))
+    got = await store.get_workspace("ws1")
+    assert got.transcript_on_close is False
+    got.transcript_on_close = True
+    await store.put_workspace(got)
+    assert (await store.get_workspace("ws1")).transcript_on_close is True
+
+    assert await store.create_portal(Portal("ws1", "c1", 1, state="closed"))
+    assert (await store.get_portal("ws1", "c1")).reopened is False
+    await store.update_portal("ws1", "c1", state="open", reopened=True)
+    assert (await store.get_portal("ws1", "c1")).reopened is True
+    await store.update_portal("ws1", "c1", reopened=False)
+    assert (await store.get_portal("ws1", "c1")).reopened is False
+
+
+def _reopenable(backend: str, tmp_path: Path) -> tuple[ModuleType, Callable[[], Store]]:
+    """The backend's module (its ``MIGRATIONS``) and a factory of the same store, opened
+    again and again (one SQLite file, one mongomock database)."""
+    module = sys.modules[SqliteStore.__module__ if backend == "sqlite" else MongoStore.__module__]
+    client = AsyncMongoMockClient()
+
+    def make() -> Store:
+        if backend == "sqlite":
+            return SqliteStore(str(tmp_path / "bridge.sqlite3"))
+        return MongoStore(client, "bridge_test")
+
+    return module, make
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
+async def test_schema_6_reads_older_workspaces_and_portals_with_the_defaults(backend, tmp_path, monkeypatch):
+    """A store written before schema 6: its workspaces post transcripts, its portals are
+    not reopened."""
+    module, make = _reopenable(backend, tmp_path)
+    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] <= 5])
+    old = make()
+    await old.open()
+    if isinstance(old, SqliteStore):  # rows as the schema-5 code wrote them: no such columns yet
+        await old.db.execute(
+            "INSERT INTO workspaces (id, base_url, api_key_enc, webhook_secret_enc) "
+            "VALUES ('ws1', 'https://ws1.test', 'k', 's')"
+        )
+        await old.db.execute("INSERT INTO portals (workspace_id, conversation_id, number) VALUES ('ws1', 'c1', 1)")
+    else:
+        await old.db.workspaces.insert_one(
+            {"_id": "ws1", "base_url": "https://ws1.test", "api_key_enc": "k", "webhook_secret_enc": "s"}
+        )
+        await old.db.portals.insert_one({"workspace_id": "ws1", "conversation_id": "c1", "number": 1})
+    await old.close()
+
+    monkeypatch.undo()
+    new = make()
+    await new.open()
+    try:
+        assert (await new.get_workspace("ws1")).transcript_on_close is True
+        assert (await new.get_portal("ws1", "c1")).reopened is False
+    finally:
+        await new.close()
+
+
 async def test_delete_workspace_cascades(store: Store):
     await store.put_workspace(workspace("ws1"))
     await store.put_workspace(workspace("ws2"))
@@ -569,18 +634,12 @@ async def test_sqlite_reopen_keeps_everything(tmp_path):
 @pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
 async def test_migration_4_upgrades_a_store_of_schema_3(backend, tmp_path, monkeypatch):
     """The counting indexes are added to a store that already holds jobs and portals."""
-    module = sys.modules[SqliteStore.__module__ if backend == "sqlite" else MongoStore.__module__]
-    client = AsyncMongoMockClient()
-
-    def make() -> Store:
-        if backend == "sqlite":
-            return SqliteStore(str(tmp_path / "bridge.sqlite3"))
-        return MongoStore(client, "bridge_test")
-
-    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] <= 3])
+    module, make = _reopenable(backend, tmp_path)
+    # Every migration but 4: the store as it was before 4, with the columns that today's
+    # create_portal writes (added by later migrations).
+    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] != 4])
     old = make()
     await old.open()
-    assert await old.schema_version() == 3
     for key, created in (("m1", 100.0), ("m2", 200.0), ("m3", 300.0)):
         assert await old.enqueue(job(key, partition=f"ws1:{key}", created_at=created))
     m1, m2, _ = await old.claim_jobs("A", NOW, LEASE, 10)

@@ -37,6 +37,9 @@ class Workspace:
     notification_channel_id: str | None = None
     update_type: str = "new_conversations"  # or "all_activity"
     authorizing_user: dict[str, Any] | None = None  # aad_object_id, email, name
+    # Post a conversation's transcript in the notification channel before its channel is
+    # deleted on close, and open the channel of a reopened conversation with it.
+    transcript_on_close: bool = True
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -80,6 +83,8 @@ class Portal:
     # in the notification channel (``channel_id``), started by this root post.
     thread_id: str | None = None
     backfilled: bool = False
+    # Closed and opened again: the channel it gets next starts with the transcript so far.
+    reopened: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
 

@@ -111,7 +111,10 @@ async def _migration_5(db: Any) -> None:
     await db.neeto_teams.create_index([("workspace_id", ASCENDING), ("team_id", ASCENDING)], name="team", unique=True)
 
 
-# Numbered migrations, applied in order; never edit a released one, append.
+# Numbered migrations, applied in order; never edit a released one, append. A new field that
+# nothing queries needs none: a document without it reads as the dataclass default (schema 6
+# of the SQLite store, workspaces' ``transcript_on_close`` = True and portals' ``reopened`` =
+# False, is such a change).
 MIGRATIONS: list[tuple[int, Callable[[Any], Awaitable[None]]]] = [
     (1, _migration_1),
     (2, _migration_2),

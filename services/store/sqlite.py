@@ -164,10 +164,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        6,
+        [
+            "ALTER TABLE workspaces ADD COLUMN transcript_on_close INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE portals ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0",
+        ],
+    ),
 ]
 
 _JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload"}
-_BOOL_FIELDS = {"installed", "backfilled"}
+_BOOL_FIELDS = {"installed", "backfilled", "transcript_on_close", "reopened"}
 _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
 
 

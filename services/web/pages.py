@@ -3,9 +3,9 @@
 ``GET /teams/login`` (signed link from neetoChat) → Microsoft sign-in (MSAL, code + PKCE) →
 ``GET /teams/callback`` → ``GET/POST /teams/pick`` (the user's joined teams, delegated
 Graph) → link (``services.admin.link_team``, the operator API's own logic) → the bot
-confirms in General → ``GET/POST /teams/settings`` (notification channel, update type) and
-``POST /teams/disconnect``. ``POST /teams/check`` retries a link that waited for the app's
-installation; ``GET /teams/app-package`` downloads the app package.
+confirms in General → ``GET/POST /teams/settings`` (notification channel, update type,
+transcript on close) and ``POST /teams/disconnect``. ``POST /teams/check`` retries a link
+that waited for the app's installation; ``GET /teams/app-package`` downloads the app package.
 
 The session (encrypted cookie) holds, per browser: ``csrf`` (every form carries it),
 ``login`` (the workspace and MSAL's flow dict; popped by the callback, so a replayed or
@@ -384,7 +384,12 @@ class Pages:
             return await self._settings(request, ws, inst, status=409, error="This workspace is not linked to a team.")
         try:
             await change_settings(
-                self.ctx(request), ws, inst, form.get("notification_channel_id", ""), form.get("update_type", "")
+                self.ctx(request),
+                ws,
+                inst,
+                form.get("notification_channel_id", ""),
+                form.get("update_type", ""),
+                transcript_on_close=form.get("transcript_on_close") == "on",  # an unticked box is not sent
             )
         except SettingsError as exc:
             return await self._settings(request, ws, inst, status=exc.status, error=str(exc))
