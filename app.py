@@ -145,7 +145,7 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
         runner=runner,
         adapter=adapter,
         bot=TeamsBot(ctx, runner.wake, reconciler.poke),
-        receiver=WebhookReceiver(store, box, runner.wake, metrics),
+        receiver=WebhookReceiver(store, box, runner.wake, metrics, ctx.observed.webhook_at),
         admin=AdminApi(ctx, runner.wake, reconciler),
         metrics=metrics,
     )
@@ -260,6 +260,7 @@ def create_app(
             web.get(admin + "/dead-letters", _admin("list_dead_letters")),
             web.post(admin + "/dead-letters/replay", _admin("replay_dead_letters")),
             web.post(admin + "/reconcile", _admin("reconcile")),
+            web.get(admin + "/health", _admin("health")),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_endpoint),

@@ -146,20 +146,21 @@ class TeamsBot(TeamsActivityHandler):
             self.on_enqueued()
 
     async def _settings_command(self, activity) -> None:
-        """``/settings`` posted in a linked workspace's notification channel (anything else
-        there is people talking to each other, not to the bridge)."""
+        """``/settings`` or ``/health`` posted in a linked workspace's notification channel
+        (anything else there is people talking to each other, not to the bridge)."""
         if not (activity.text or "").lstrip().startswith(("/", "<")) or _from_bot(activity):
             return  # cheap exit for the common case: ordinary chat
         text, _ = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
         command = parse_command(text)
         data = _channel_data(activity)
         channel_id, team_id = (data.get("channel") or {}).get("id"), (data.get("team") or {}).get("id")
-        if command is None or command.name != "settings" or not channel_id or not team_id:
+        kind = NOTIFICATION_CHANNEL_COMMANDS.get(command.name) if command else None
+        if kind is None or not channel_id or not team_id:
             return
         for ws in await self.store.workspaces_linked_to([team_id]):
             if channel_id == (ws.notification_channel_id or team_id):  # unset: General, whose id is the team's
                 payload = _origin(activity, data, channel_id, team_id)
-                if await store_teams_work(self.store, "teams_settings", ws.id, "_workspace", activity.id, payload):
+                if await store_teams_work(self.store, kind, ws.id, "_workspace", activity.id, payload):
                     self.on_enqueued()
 
     async def on_teams_message_edit(self, turn_context: TurnContext) -> None:
@@ -203,6 +204,10 @@ class TeamsBot(TeamsActivityHandler):
         if portal is None or portal.state != "open":
             return None
         return portal, data, channel_id
+
+
+# Commands of the notification channel → their job kind.
+NOTIFICATION_CHANNEL_COMMANDS = {"settings": "teams_settings", "health": "teams_health"}
 
 
 def _from_bot(activity) -> bool:

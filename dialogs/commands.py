@@ -26,6 +26,7 @@ KNOWN = {
     "unassign": "Unassign this conversation",
     "status": "Show this conversation's card: visitor, assignee, status, last reply",
     "settings": "In the notification channel: the integration's settings (team owners can change them)",
+    "health": "In the notification channel: check the integration's setup, each problem with its fix",
     "help": "List these commands",
 }
 
@@ -46,7 +47,7 @@ def parse_command(text: str) -> Command | None:
     args = (match.group("args") or "").strip()
     if name not in KNOWN:
         return Command("help", "", f"/{name} is not a command")
-    if name in ("close", "unassign", "status", "settings", "help") and args:
+    if name in ("close", "unassign", "status", "settings", "health", "help") and args:
         return Command("help", "", f"/{name} takes nothing after it")
     if name == "assign" and (not args or args.lower() == "team"):
         return Command("help", "", "use /assign me, /assign @person or /assign team <name>")

@@ -8,6 +8,7 @@ from typing import Any
 
 from dialogs.commands import help_html
 from services.context import BridgeContext
+from services.health import check_health, problems
 from services.neeto_teams import find_team
 from services.store.base import Workspace
 from services.to_neetochat import Refused, agent_of, refusable, reply_in_thread, resolve_agent, tell_thread
@@ -36,12 +37,20 @@ async def _run(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> No
         dest = await ctx.destination(ws)
         portal = await ctx.store.get_portal(ws.id, conversation_id)
         conversation = await client.get_conversation(conversation_id)
-        await ctx.poster.reply(payload["reference"], card_activity(conversation_card(dest, portal, conversation)))
+        activity = card_activity(conversation_card(dest, portal, conversation))
+        wrong = problems(await check_health(ctx, ws))
+        activity.text = (
+            f"Integration health: {len(wrong)} problem(s) ({', '.join(c.name for c in wrong)}): "
+            "/health in the notification channel says what to do"
+            if wrong
+            else "Integration health: all checks pass"
+        )
+        await ctx.poster.reply(payload["reference"], activity)
     elif command == "unassign":
         actor = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
         await refusable(client.unassign(conversation_id, actor["id"]))
-    elif command == "settings":
-        raise Refused("the settings live in the notification channel: write /settings there")
+    elif command in ("settings", "health"):
+        raise Refused(f"this belongs in the notification channel: write /{command} there")
     else:
         raise Refused(f"/{command} is not a command")
 

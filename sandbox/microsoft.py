@@ -53,6 +53,15 @@ CONTROL_PREFIX = "/_sandbox"  # the Teams client over HTTP, for the sandbox page
 DEFAULT_TENANT_ID = "8d3e5c1a-4f27-4b9e-a6d0-2c71f0e9b5a4"
 DEFAULT_BOT_APP_ID = "3f9a6c2e-81d4-4e57-b0a3-6d2c8e1f7b90"
 DEFAULT_CHANNEL_CAP = 1000
+# The resource-specific permissions the app's manifest asks for (manifest/build.py), granted
+# to it in a team when it is installed there.
+APP_RSC_PERMISSIONS = (
+    "ChannelMessage.Read.Group",
+    "Channel.Create.Group",
+    "Channel.Delete.Group",
+    "ChannelSettings.Read.Group",
+    "TeamMember.Read.Group",
+)
 DELETED_CHANNEL_RETENTION = 30 * 24 * 3600  # deleted channels count (and keep names) this long
 MAX_CHANNEL_NAME = 50
 MAX_ACTIVITY_BYTES = 100 * 1024
@@ -121,6 +130,7 @@ class Team:
     name: str
     members: list[str]  # aad object ids
     owners: list[str] = field(default_factory=list)  # aad object ids; owners are members too
+    rsc_grants: set[str] = field(default_factory=set)  # granted to the app when installed
     channel_cap: int = DEFAULT_CHANNEL_CAP
     bot_installed: bool = False
     channels: dict[str, Channel] = field(default_factory=dict)
@@ -555,6 +565,7 @@ class MicrosoftSandbox:
         app.router.add_routes([
             web.post(g, self._graph_create_channel),
             web.get(GRAPH_PREFIX + "/teams/{group}/members", self._graph_list_members),
+            web.get(GRAPH_PREFIX + "/teams/{group}/permissionGrants", self._graph_permission_grants),
             web.get(g, self._graph_list_channels),
             web.get(g + "/{channel}", self._graph_get_channel),
             web.delete(g + "/{channel}", self._graph_delete_channel),
@@ -813,6 +824,21 @@ class MicrosoftSandbox:
         payload = {"@odata.context": f"{self.graph_url}/$metadata#teams('{team.aad_group_id}')/channels/$entity",
                    **self._channel_json(team, channel)}
         return web.json_response(payload, status=201)
+
+    async def _graph_permission_grants(self, request: web.Request) -> web.Response:
+        """``GET /teams/{id}/permissionGrants``: the resource-specific permissions granted to
+        apps in the team (``resourceSpecificPermissionGrant``)."""
+        team = self._graph_team(request)
+        grants = [{
+            "id": base64.b64encode(f"{team.aad_group_id}/{name}".encode()).decode(), "deletedDateTime": None,
+            "clientId": str(uuid.uuid5(uuid.NAMESPACE_URL, self.bot_app_id)), "clientAppId": self.bot_app_id,
+            "resourceAppId": "00000003-0000-0000-c000-000000000000", "permissionType": "Application",
+            "permission": name,
+        } for name in sorted(team.rsc_grants)]
+        return web.json_response({
+            "@odata.context": f"{self.graph_url}/$metadata#teams('{team.aad_group_id}')/permissionGrants",
+            "value": grants,
+        })
 
     async def _graph_list_members(self, request: web.Request) -> web.Response:
         """``GET /teams/{id}/members``: the roster with roles (``["owner"]`` for owners,
@@ -1215,6 +1241,16 @@ class MicrosoftSandbox:
         self.sent_to_bot.append(result)
         return result
 
+    def _hears_unmentioned(self, team: Team) -> bool:
+        """Teams delivers every channel post to a bot only with ``ChannelMessage.Read.Group``."""
+        return self.deliver_unmentioned and "ChannelMessage.Read.Group" in team.rsc_grants
+
+    def revoke_rsc(self, team_id: str, permission: str) -> None:
+        """An admin withdraws one of the app's resource-specific permissions in the team
+        (or the consent silently failed): Graph stops listing it, and for
+        ``ChannelMessage.Read.Group`` the bot stops hearing unmentioned posts."""
+        self.team(team_id).rsc_grants.discard(permission)
+
     def _event_args(self, team: Team, user: dict[str, Any]) -> dict[str, Any]:
         return {"when": self._clock(), "service_url": self.service_url, "tenant_id": self.tenant_id,
                 "team": self._team_ref(team), "user": user, "bot": fx.bot_account(self.bot_id, self.bot_name)}
@@ -1224,6 +1260,7 @@ class MicrosoftSandbox:
         ``conversationUpdate`` (``teamMemberAdded``). Returns the bot's two HTTP statuses."""
         team = self.team(team_id)
         team.bot_installed = True
+        team.rsc_grants = set(APP_RSC_PERMISSIONS)  # consent given with the install
         bot = {"id": self.bot_id}
         sent = [
             await self._send_to_bot(fx.installation_update_activity(
@@ -1344,7 +1381,7 @@ class MicrosoftSandbox:
         activity = fx.channel_message_activity(
             activity_id=post.id, channel_id=channel_id, root_id=root or post.id, text_html=text_html,
             mention_bot=mention_bot, attachments=attachments, entities=entities, **self._event_args(team, user))
-        if deliver and team.bot_installed and (mention_bot or self.deliver_unmentioned):
+        if deliver and team.bot_installed and (mention_bot or self._hears_unmentioned(team)):
             return await self._send_to_bot(activity)
         return {"activity": activity, "status": None, "body": None}
 
@@ -1373,7 +1410,7 @@ class MicrosoftSandbox:
         activity = fx.message_change_activity(
             kind=kind, message_id=post.id, channel_id=post.channel_id, root_id=post.reply_to or post.id,
             text_html=text_html, **self._event_args(team, user))
-        if deliver and team.bot_installed and (post.mention_bot or self.deliver_unmentioned):
+        if deliver and team.bot_installed and (post.mention_bot or self._hears_unmentioned(team)):
             return await self._send_to_bot(activity)
         return {"activity": activity, "status": None, "body": None}
 

@@ -260,6 +260,11 @@ class NeetoChatSandbox:
         ws.teams[team["id"]] = team
         return copy.deepcopy(team)
 
+    def set_api_key(self, subdomain: str, api_key: str) -> None:
+        """An admin regenerates the workspace's API key in neetoChat: the old one is refused
+        (401) from now on."""
+        self._workspace(subdomain).api_key = api_key
+
     def start_conversation(
         self,
         subdomain: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -16,12 +17,15 @@ from urllib.parse import urlparse
 
 from aiohttp import web
 
-from services.context import BridgeContext
+from services.context import KEY_REFUSED, BridgeContext
 from services.errors import RemoteError
+from services.health import as_json, check_health
 from services.inbox import store_link_confirmation
 from services.neetochat import NeetoChatClient
 from services.reconcile import Reconciler
 from services.store.base import Installation, Workspace
+
+log = logging.getLogger(__name__)
 
 UPDATE_TYPES = ("new_conversations", "all_activity")
 
@@ -175,26 +179,40 @@ class AdminApi:
         ws.app_url = info.get("app_url") or ""
         ws.updated_at = time.time()
         await self.ctx.store.put_workspace(ws)
-        if existing:  # reconnected (a new key, say): events may have failed meanwhile
+        if existing:  # reconnected (a new key, say): what the old key could not deliver goes now, in order
+            replayed = await self.ctx.store.requeue_dead_jobs(ws_id, error_prefix=KEY_REFUSED)
+            if replayed:
+                log.info("workspace %s reconnected: replaying %d deliveries", ws_id, replayed)
+                self.on_enqueued()
             self.reconciler.poke(ws_id)
         return web.json_response(await self.status(ws), status=200 if existing else 201)
 
-    async def get_workspace(self, request: web.Request) -> web.Response:
+    async def _guarded_workspace(self, request: web.Request) -> Workspace | web.Response:
+        """The workspace the path names, or the answer refusing the call (401/404)."""
         if (denied := await self._guard(request)) is not None:
             return denied
         ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
-        if ws is None:
-            return _error(404, "unknown workspace")
+        return ws if ws is not None else _error(404, "unknown workspace")
+
+    async def get_workspace(self, request: web.Request) -> web.Response:
+        ws = await self._guarded_workspace(request)
+        if isinstance(ws, web.Response):
+            return ws
         return web.json_response(await self.status(ws))
+
+    async def health(self, request: web.Request) -> web.Response:
+        """``GET .../health``: every check of the setup, each problem with its fix."""
+        ws = await self._guarded_workspace(request)
+        if isinstance(ws, web.Response):
+            return ws
+        return web.json_response(as_json(await check_health(self.ctx, ws)))
 
     async def reconcile(self, request: web.Request) -> web.Response:
         """``POST .../reconcile``: compare the workspace's open conversations with both sides
         now (the next ``RECONCILE_BATCH`` of them); 202 with how many were queued."""
-        if (denied := await self._guard(request)) is not None:
-            return denied
-        ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
-        if ws is None:
-            return _error(404, "unknown workspace")
+        ws = await self._guarded_workspace(request)
+        if isinstance(ws, web.Response):
+            return ws
         return web.json_response({"queued": await self.reconciler.run(ws.id)}, status=202)
 
     async def delete_workspace(self, request: web.Request) -> web.Response:
@@ -231,11 +249,9 @@ class AdminApi:
 
     async def list_dead_letters(self, request: web.Request) -> web.Response:
         """What could not be delivered, newest first, with the reason (never message bodies)."""
-        if (denied := await self._guard(request)) is not None:
-            return denied
-        ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
-        if ws is None:
-            return _error(404, "unknown workspace")
+        ws = await self._guarded_workspace(request)
+        if isinstance(ws, web.Response):
+            return ws
         jobs = await self.ctx.store.list_dead_jobs(ws.id, limit=500)
         return web.json_response(
             {
@@ -277,11 +293,19 @@ class AdminApi:
         installation = await self.ctx.store.get_installation(ws.team_id) if ws.team_id else None
         counts = await self.ctx.store.job_counts(ws.id)
         user = ws.authorizing_user or {}
+        newest_dead = await self.ctx.store.list_dead_jobs(ws.id, limit=1)
+        key_refused = bool(newest_dead and (newest_dead[0].last_error or "").startswith(KEY_REFUSED))
         return {
             "workspace": ws.id,
             "name": ws.name,
             "base_url": ws.base_url,
             "connected": True,
+            "problem": (
+                f"{KEY_REFUSED}: reconnect the workspace with a new key (PUT /api/admin/workspaces/{ws.id}); "
+                "the held deliveries are then replayed in order"
+            )
+            if key_refused
+            else None,
             "teams": {
                 "linked": bool(ws.team_id),
                 "team_id": ws.team_id,
@@ -299,6 +323,8 @@ class AdminApi:
             "deliveries": {
                 "queued": counts.pending,
                 "failed": counts.dead,
+                # found missing on one side by reconcile and delivered late, since this instance started
+                "healed": dict(self.ctx.observed.healed.get(ws.id, {"to_teams": 0, "to_neetochat": 0})),
                 "oldest_pending_age_seconds": round(time.time() - counts.oldest_pending_at, 1)
                 if counts.oldest_pending_at
                 else None,

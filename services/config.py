@@ -75,6 +75,9 @@ class Settings:
     # many conversations of a workspace one run takes at most (the rest in the next runs).
     reconcile_interval: float = 600.0
     reconcile_batch: int = 100
+    # Messages younger than this are left to the live path (their webhook or activity may
+    # be on its way); the next run takes them if they were lost.
+    reconcile_grace: float = 60.0
 
     @property
     def local_mode(self) -> bool:
@@ -110,6 +113,7 @@ class Settings:
             delivery_concurrency=int(_positive(env, "DELIVERY_CONCURRENCY", 16)),
             reconcile_interval=_positive(env, "RECONCILE_INTERVAL_SECONDS", 600.0, zero_means_off=True),
             reconcile_batch=int(_positive(env, "RECONCILE_BATCH", 100)),
+            reconcile_grace=_positive(env, "RECONCILE_GRACE_SECONDS", 60.0, zero_means_off=True),
         )
         settings.validate()
         return settings

@@ -23,6 +23,7 @@ from services.teams import TeamsPoster
 # How a job that stopped because the bot is not in the team any more is recognised: it is
 # dead-lettered with this reason, and replayed when the bot is added back.
 BOT_REMOVED = "the bot was removed from the linked team"
+KEY_REFUSED = "neetoChat refused the integration's API key"
 
 
 class NotLinked(Exception):
@@ -50,6 +51,22 @@ class Destination:
 
 
 @dataclass
+class Observations:
+    """What this instance saw that the health check and the operator status report. In
+    memory: since this instance started (each instance reports its own)."""
+
+    webhook_at: dict[str, float] = field(default_factory=dict)  # workspace → last verified webhook
+    healed: dict[str, dict[str, int]] = field(default_factory=dict)  # workspace → direction → messages
+    # workspace → (when, how many): the last reconcile that found channel messages the bot
+    # never received (the sign that Teams does not deliver unmentioned messages)
+    missed_activities: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def record_healed(self, workspace_id: str, direction: str, count: int) -> None:
+        by_direction = self.healed.setdefault(workspace_id, {"to_teams": 0, "to_neetochat": 0})
+        by_direction[direction] += count
+
+
+@dataclass
 class BridgeContext:
     settings: Settings
     store: Store
@@ -60,6 +77,7 @@ class BridgeContext:
     limiter: RateLimiter
     cards: CardRefresher
     metrics: Metrics
+    observed: Observations = field(default_factory=lambda: Observations())
     _clients: dict[str, tuple[str, NeetoChatClient]] = field(default_factory=dict)
 
     def neetochat(self, ws: Workspace) -> NeetoChatClient:

@@ -211,6 +211,14 @@ class GraphChannels:
                 page = await channels.with_url(page.odata_next_link).get()
         return found
 
+    async def permission_grants(self, group_id: str, app_id: str | None) -> set[str]:
+        """The resource-specific permissions granted in the team to the app ``app_id`` (to
+        any app when None: local mode has no app id)."""
+        async with self._call("list_permission_grants"):
+            page = await self._client.teams.by_team_id(group_id).permission_grants.get()
+        grants = (page.value if page else None) or []
+        return {g.permission for g in grants if g.permission and (app_id is None or g.client_app_id == app_id)}
+
     async def owners(self, group_id: str) -> set[str]:
         """AAD object ids of the team's owners, from its roster (RSC ``TeamMember.Read.Group``)."""
         members = self._client.teams.by_team_id(group_id).members

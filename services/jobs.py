@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import logging
 import random
@@ -34,17 +35,19 @@ import time
 import uuid
 from collections.abc import Callable
 
+from cards import notices
+from dialogs.health import post_problems, show_health
 from dialogs.run import run_command
 from dialogs.settings import show_settings
 from services import to_neetochat, to_teams
-from services.context import BOT_REMOVED, BridgeContext, NotLinked
+from services.context import BOT_REMOVED, KEY_REFUSED, BridgeContext, NotLinked
 from services.errors import RemoteError
 from services.fencing import LeaseLost, current_lease
 from services.log_context import bind
 from services.metrics import Metrics
 from services.rate_limits import Throttled
 from services.reconcile import reconcile_conversation
-from services.store.base import Job
+from services.store.base import Job, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ TEAMS_WORK = {
     "teams_edit": "change this message in neetoChat",
     "teams_delete": "delete this message in neetoChat",
     "teams_settings": "show the settings",
+    "teams_health": "check the setup",
 }
 
 
@@ -201,8 +205,11 @@ class JobRunner:
             delivery=payload.get("id") if job.kind == "neetochat_event" else None,
             activity=payload.get("activity_id"),
         )
+        ws = None
         try:
-            await self._dispatch(job)
+            ws = await self.ctx.store.get_workspace(job.workspace_id)
+            if ws is not None:  # else disconnected since: nothing to deliver to
+                await self._dispatch(job, ws)
         except LeaseLost:
             log.warning("job %s given up: another instance holds it now", job.seq, extra=extra)
         except asyncio.CancelledError:
@@ -214,6 +221,8 @@ class JobRunner:
         except RemoteError as exc:
             if await self._bot_removed(job, exc):
                 await self._dead(job, f"{BOT_REMOVED}: {exc}")
+            elif exc.service == "neetoChat" and exc.status == 401:
+                await self._key_refused(job, ws)
             elif exc.status == 429 and exc.retry_after is not None:
                 await self._throttled(job, exc)
             elif exc.retryable and job.attempts + 1 < self.max_attempts:
@@ -232,10 +241,7 @@ class JobRunner:
             if job.attempts:
                 self.on_recovered(job.workspace_id)
 
-    async def _dispatch(self, job: Job) -> None:
-        ws = await self.ctx.store.get_workspace(job.workspace_id)
-        if ws is None:
-            return  # disconnected since: nothing to deliver to
+    async def _dispatch(self, job: Job, ws: Workspace) -> None:
         if job.kind == "neetochat_event":
             await to_teams.handle_event(self.ctx, ws, job.payload)
         elif job.kind == "teams_message":
@@ -246,6 +252,10 @@ class JobRunner:
             await run_command(self.ctx, ws, job.payload)
         elif job.kind == "reconcile":
             await reconcile_conversation(self.ctx, ws, job.payload, self.wake)
+        elif job.kind == "teams_health":
+            await show_health(self.ctx, ws, job.payload)
+        elif job.kind == "health_check":
+            await post_problems(self.ctx, ws, job.payload)
         elif job.kind == "teams_settings":
             await show_settings(self.ctx, ws, job.payload)
         elif job.kind == "teams_edit":
@@ -303,6 +313,39 @@ class JobRunner:
             log.error("Teams says the bot is no longer in team %s: delivery to it stopped", inst.team_id)
         return True
 
+    async def _key_refused(self, job: Job, used: Workspace | None) -> None:
+        """neetoChat no longer takes the API key (regenerated, revoked): the job is kept as
+        a dead letter with a reason that says it waits, the notification channel hears it
+        once per key, and reconnecting the workspace with a working key replays them all
+        in order (``AdminApi.put_workspace``)."""
+        ws = await self.ctx.store.get_workspace(job.workspace_id)
+        if ws is not None and used is not None and ws.api_key_enc != used.api_key_enc:
+            # Reconnected while this ran: try again at once with the new key (no attempt spent).
+            await self.ctx.store.retry_job(job.seq, self.owner, self.clock(), KEY_REFUSED, count_attempt=False)
+            self._due_at(self.clock())
+            return
+        try:  # while the lease is held: the notice is fenced like any post
+            if ws is None:
+                raise NotLinked("the workspace was disconnected")
+            dest = await self.ctx.destination(ws)
+            text = (
+                "⚠️ neetoChat no longer accepts this integration's API key, so nothing is exchanged with "
+                "neetoChat for now. Nothing is lost: messages are kept and delivered in order once an "
+                "admin reconnects the workspace with a new key."
+            )
+            key = f"key-refused:{hashlib.sha256(ws.api_key_enc.encode()).hexdigest()[:16]}"  # once per key
+            activity = to_teams.html_activity(notices.notice_html(text))
+            await to_teams.post_once(self.ctx, dest, "_workspace", key, dest.notification_channel_id, activity)
+        except Exception:  # not linked, Teams down: the operator status says it too
+            log.exception("could not post the API key notice for workspace %s", job.workspace_id)
+        await self._dead(job, f"{KEY_REFUSED}: kept, and delivered once the workspace is reconnected with a new key")
+        # A reconnect that came while this was being dead-lettered replayed the others, not
+        # this one: replay it too.
+        now = await self.ctx.store.get_workspace(job.workspace_id)
+        replaced = now is not None and used is not None and now.api_key_enc != used.api_key_enc
+        if replaced and await self.ctx.store.requeue_dead_jobs(job.workspace_id, [job.seq]):
+            self.wake()
+
     async def _dead(self, job: Job, reason: str) -> None:
         log.error("job %s dead: %s", job.seq, reason)
         await self._tell_failure(job, reason)  # while the lease is held: the notice is fenced too
@@ -326,6 +369,8 @@ class JobRunner:
         """Say it where people look; a notice that fails is logged, the dead letter stays."""
         if reason.startswith(BOT_REMOVED):
             return  # nowhere in Teams to say it: the operator status does
+        if reason.startswith(KEY_REFUSED) and job.kind not in TEAMS_WORK:
+            return  # said once for the workspace (_key_refused), not once per event
         try:
             if job.kind in TEAMS_WORK:
                 what = TEAMS_WORK[job.kind]

@@ -30,6 +30,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from dialogs.commands import channel_work
@@ -61,12 +62,16 @@ async def reconcile_conversation(
         log.warning("reconcile: conversation %s was closed without the bridge hearing of it", conversation_id)
         await close_portal(ctx, dest, conversation, None)
         return
-    to_teams = await _missing_in_teams(ctx, dest, portal, conversation)
-    to_neetochat = await _missing_in_neetochat(ctx, dest, portal)
+    settled_before = time.time() - ctx.settings.reconcile_grace  # younger ones may be on their way
+    to_teams = await _missing_in_teams(ctx, dest, portal, conversation, settled_before)
+    to_neetochat = await _missing_in_neetochat(ctx, dest, portal, settled_before)
     refresh_cards(ctx, dest, portal, conversation)
+    if to_neetochat:
+        ctx.observed.missed_activities[ws.id] = (time.time(), to_neetochat)
     if to_teams or to_neetochat:
-        ctx.metrics.healed.labels(direction="to_teams").inc(to_teams)
-        ctx.metrics.healed.labels(direction="to_neetochat").inc(to_neetochat)
+        for direction, count in (("to_teams", to_teams), ("to_neetochat", to_neetochat)):
+            ctx.metrics.healed.labels(direction=direction).inc(count)
+            ctx.observed.record_healed(ws.id, direction, count)
         log.warning(
             "reconcile healed conversation %s: %d message(s) to Teams, %d to neetoChat",
             conversation_id,
@@ -77,12 +82,14 @@ async def reconcile_conversation(
         on_enqueued()
 
 
-async def _missing_in_teams(ctx: BridgeContext, dest: Destination, portal: Portal, conversation: dict) -> int:
+async def _missing_in_teams(
+    ctx: BridgeContext, dest: Destination, portal: Portal, conversation: dict, settled_before: float
+) -> int:
     """Post what neetoChat has and the channel does not (messages written in Teams are the
     other direction's: their activity ids are in the map or in the jobs)."""
     healed = 0
     async for message in ctx.neetochat(dest.workspace).iter_messages(portal.conversation_id):
-        if message.get("source") == "teams":
+        if message.get("source") == "teams" or _timestamp(message.get("created_at")) > settled_before:
             continue
         if await ctx.store.get_link_by_neeto_id(dest.workspace.id, message["id"]):
             continue
@@ -91,7 +98,7 @@ async def _missing_in_teams(ctx: BridgeContext, dest: Destination, portal: Porta
     return healed
 
 
-async def _missing_in_neetochat(ctx: BridgeContext, dest: Destination, portal: Portal) -> int:
+async def _missing_in_neetochat(ctx: BridgeContext, dest: Destination, portal: Portal, settled_before: float) -> int:
     """Store, as the jobs their activities would have become, the messages people wrote in
     the channel that the bot never received. Returns how many were new."""
     group_id = dest.installation.aad_group_id or dest.workspace.aad_group_id
@@ -101,10 +108,19 @@ async def _missing_in_neetochat(ctx: BridgeContext, dest: Destination, portal: P
     posts = await graph.person_posts(group_id, portal.channel_id, portal.thread_id)
     healed = 0
     for post in posts:
+        if post.created > settled_before:
+            continue
         kind, payload = _job_for(ctx, dest, portal, post)
         if await store_teams_work(ctx.store, kind, portal.workspace_id, portal.conversation_id, post.id, payload):
             healed += 1
     return healed
+
+
+def _timestamp(iso: str | None) -> float:
+    """neetoChat's ISO-8601 time as epoch seconds (0 when missing: old enough)."""
+    if not iso:
+        return 0.0
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _job_for(ctx: BridgeContext, dest: Destination, portal: Portal, post: PersonPost) -> tuple[str, dict[str, Any]]:
@@ -203,7 +219,7 @@ class Reconciler:
 
     async def run(self, workspace_id: str | None = None) -> int:
         """Queue one run for the next ``batch`` open conversations of each linked workspace
-        (or of one); returns how many were queued."""
+        (or of one), and a health check of each; returns how many conversations were queued."""
         if workspace_id is None:
             workspaces = [w.id for w in await self._store.linked_workspaces()]
         else:
@@ -211,19 +227,23 @@ class Reconciler:
         run_id = uuid.uuid4().hex
         queued = 0
         for ws_id in workspaces:
+            # with each run, the setup is checked too (problems are posted once: dialogs/health.py)
+            await self._store.enqueue(self._job("health_check", ws_id, "_workspace", run_id))
             portals = await self._store.open_portals(ws_id, self._after.get(ws_id), self._batch)
             self._after[ws_id] = portals[-1].conversation_id if len(portals) == self._batch else None
             for portal in portals:
-                job = Job(
-                    seq=0,
-                    kind="reconcile",
-                    workspace_id=ws_id,
-                    partition=partition_for(ws_id, portal.conversation_id),
-                    dedupe_key=f"reconcile:{ws_id}:{portal.conversation_id}:{run_id}",
-                    payload={"conversation_id": portal.conversation_id},
-                    created_at=self._clock(),
-                )
-                queued += await self._store.enqueue(job)
-        if queued:
+                queued += await self._store.enqueue(self._job("reconcile", ws_id, portal.conversation_id, run_id))
+        if workspaces:
             self._on_enqueued()
         return queued
+
+    def _job(self, kind: str, workspace_id: str, conversation_id: str, run_id: str) -> Job:
+        return Job(
+            seq=0,
+            kind=kind,
+            workspace_id=workspace_id,
+            partition=partition_for(workspace_id, conversation_id),
+            dedupe_key=f"{kind}:{workspace_id}:{conversation_id}:{run_id}",
+            payload={"conversation_id": conversation_id},
+            created_at=self._clock(),
+        )

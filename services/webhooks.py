@@ -96,8 +96,10 @@ class WebhookReceiver:
         box: SecretBox,
         on_stored: Callable[[], None],
         metrics: Metrics,
+        seen_at: dict[str, float],
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.seen_at = seen_at
         self.store = store
         self.box = box
         self.on_stored = on_stored
@@ -130,6 +132,7 @@ class WebhookReceiver:
             self.metrics.webhook("rejected", exc.reason)
             log.info("webhook rejected: %s", exc.reason)
             return web.json_response({"error": str(exc)}, status=exc.status)
+        self.seen_at[workspace_id] = self.clock()  # the health check reports webhooks arriving
         stored = await store_event(self.store, workspace_id, event)
         if stored:
             self.on_stored()

@@ -66,6 +66,8 @@ def bridge_env(ms: MicrosoftSandbox, data_dir: Path, port: int | None = None) ->
         "TEAMS_SERVICE_URL": ms.service_url,
         "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN,
         "MicrosoftAppId": "",
+        # reconcile takes a message as soon as it exists (the tests lose them on purpose)
+        "RECONCILE_GRACE_SECONDS": "0",
     }
     if port:
         env["PORT"] = str(port)

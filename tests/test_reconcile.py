@@ -46,6 +46,8 @@ async def test_a_message_teams_never_delivered_reaches_the_visitor_once(connecte
     await _settled(h, conv, channel)
     bodies = [m["body"] for m in h.from_teams(conv["id"])]
     assert bodies.count("Your refund is on its way") == 1 and bodies.count("marker from Teams") == 2
+    _, status = await h.admin("GET", f"/api/admin/workspaces/{WS}")
+    assert status["deliveries"]["healed"]["to_neetochat"] == 1
 
 
 async def test_messages_whose_webhooks_were_lost_are_posted_in_order_once(connected):
