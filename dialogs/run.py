@@ -34,8 +34,8 @@ async def _run(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> No
     elif command == "assign":
         await _assign(ctx, ws, payload)
     elif command == "status":  # the card as it is now, as a reply (a snapshot: not kept current)
-        dest = await ctx.destination(ws)
         portal = await ctx.store.get_portal(ws.id, conversation_id)
+        dest = await ctx.destination(ws, portal.team_id if portal else None)
         conversation = await client.get_conversation(conversation_id)
         activity = card_activity(conversation_card(dest, portal, conversation))
         wrong = problems(await check_health(ctx, ws))
@@ -63,7 +63,10 @@ async def _assign(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) ->
     if args.lower() == "me":
         agent = await agent_of(ctx, ws, reference, user)
         if agent is None:
-            raise Refused("you are not a neetoChat agent (matched by your email), so you cannot be assigned")
+            raise Refused(
+                "you are not a neetoChat agent (matched by your email, or as set on the settings page), "
+                "so you cannot be assigned"
+            )
         await refusable(client.assign_to_agent(conversation_id, agent["id"], agent["id"]))
         return
     actor = await resolve_agent(ctx, ws, reference, user)
@@ -83,5 +86,8 @@ async def _assign(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) ->
     person = people[0]
     agent = await agent_of(ctx, ws, reference, {"id": person["id"], "team_id": user["team_id"]})
     if agent is None:
-        raise Refused(f"{person['name']} is not a neetoChat agent (no active agent has their email)")
+        raise Refused(
+            f"{person['name']} is not a neetoChat agent (no active agent has their email, "
+            "or the settings page says they write as the authorizing user)"
+        )
     await refusable(client.assign_to_agent(conversation_id, agent["id"], actor["id"]))

@@ -254,6 +254,10 @@ class NeetoChatSandbox:
         ws.agents[agent["id"]] = agent
         return copy.deepcopy(agent)
 
+    def set_agent_active(self, subdomain: str, agent_id: str, active: bool) -> None:
+        """An admin deactivates (or reactivates) an agent in neetoChat."""
+        self._workspace(subdomain).agents[agent_id]["active"] = active
+
     def add_team(self, subdomain: str, *, name: str) -> Json:
         ws = self._workspace(subdomain)
         team = {"id": _new_id("team"), "name": name}

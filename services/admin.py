@@ -20,9 +20,11 @@ from aiohttp import web
 from services.context import KEY_REFUSED, BridgeContext
 from services.errors import RemoteError
 from services.health import as_json, check_health
+from services.identities import IdentityError, override_json, person_id, set_identity
 from services.inbox import store_link_confirmation
 from services.neetochat import NeetoChatClient
 from services.reconcile import Reconciler
+from services.routing import RoutingError, checked_routes
 from services.store.base import Installation, Workspace
 
 log = logging.getLogger(__name__)
@@ -194,10 +196,34 @@ class AdminApi:
         ws = await self.ctx.store.get_workspace(request.match_info["workspace"])
         return ws if ws is not None else _error(404, "unknown workspace")
 
+    async def _guarded_body(self, request: web.Request) -> tuple[Workspace, dict[str, Any]] | web.Response:
+        """``_guarded_workspace`` and the JSON object the call sends, or the answer refusing it."""
+        ws = await self._guarded_workspace(request)
+        body = ws if isinstance(ws, web.Response) else await self._json(request)
+        return body if isinstance(body, web.Response) else (ws, body)
+
     async def get_workspace(self, request: web.Request) -> web.Response:
         ws = await self._guarded_workspace(request)
         if isinstance(ws, web.Response):
             return ws
+        return web.json_response(await self.status(ws))
+
+    async def put_routes(self, request: web.Request) -> web.Response:
+        """``PUT .../routes`` ``{"routes": [...]}``: replace the routing rules (an empty list
+        removes them). Each rule is checked against Teams first; a bad one is refused with
+        the reason (400 malformed, 422 unusable) and nothing changes."""
+        guarded = await self._guarded_body(request)
+        if isinstance(guarded, web.Response):
+            return guarded
+        ws, body = guarded
+        if not ws.team_id:
+            return _error(409, "link the workspace to a team first")
+        try:
+            ws.routes = await checked_routes(self.ctx, ws, body.get("routes"))
+        except RoutingError as exc:
+            return _error(exc.status, str(exc))
+        ws.updated_at = time.time()
+        await self.ctx.store.put_workspace(ws)
         return web.json_response(await self.status(ws))
 
     async def health(self, request: web.Request) -> web.Response:
@@ -206,6 +232,41 @@ class AdminApi:
         if isinstance(ws, web.Response):
             return ws
         return web.json_response(as_json(await check_health(self.ctx, ws)))
+
+    async def list_identities(self, request: web.Request) -> web.Response:
+        """``GET .../identities``: the identity overrides (who a Teams user writes as)."""
+        ws = await self._guarded_workspace(request)
+        if isinstance(ws, web.Response):
+            return ws
+        overrides = await self.ctx.store.identity_overrides(ws.id)
+        return web.json_response({"identities": [override_json(o) for o in overrides]})
+
+    async def put_identity(self, request: web.Request) -> web.Response:
+        """``PUT .../identities`` ``{"aad_object_id", "agent_id" | null}``: set one Teams
+        user's override (null: always as the authorizing user); the agent must be active in
+        neetoChat (422 otherwise)."""
+        found = await self._guarded_body(request)
+        if isinstance(found, web.Response):
+            return found
+        ws, body = found
+        try:
+            saved = await set_identity(self.ctx, ws, body)
+        except IdentityError as exc:
+            return _error(exc.status, str(exc))
+        return web.json_response(override_json(saved))
+
+    async def delete_identity(self, request: web.Request) -> web.Response:
+        """``DELETE .../identities/{aad_object_id}``: back to the email match (204)."""
+        ws = await self._guarded_workspace(request)
+        if isinstance(ws, web.Response):
+            return ws
+        try:
+            aad = person_id(request.match_info["aad_object_id"])
+        except IdentityError as exc:
+            return _error(exc.status, str(exc))
+        if not await self.ctx.store.delete_identity_override(ws.id, aad):
+            return _error(404, "no identity override for that Teams user")
+        return web.Response(status=204)
 
     async def reconcile(self, request: web.Request) -> web.Response:
         """``POST .../reconcile``: compare the workspace's open conversations with both sides
@@ -316,6 +377,7 @@ class AdminApi:
                 or (installation.general_channel_id if installation else None),
                 "update_type": ws.update_type,
                 "transcript_on_close": ws.transcript_on_close,
+                "routes": ws.routes or [],
                 "authorizing_user": {"name": user.get("name"), "email": user.get("email")} if user else None,
                 "problem": _link_problem(ws, installation),
             },

@@ -1,9 +1,10 @@
 """The buttons on conversation cards (``Action.Execute``, Universal Actions).
 
-"Assign to me" and "Close" act in neetoChat as the agent who pressed them (matched by the
-Teams member's email), then refresh the card in place for everyone and answer the person
-with the new card. The person is waiting for the answer, so this runs in the invoke
-itself; a Teams user who is not a neetoChat agent gets a plain explanation instead.
+"Assign to me" and "Close" act in neetoChat as the agent who pressed them (their identity
+override, else matched by the Teams member's email: ``services/identities.py``), then
+refresh the card in place for everyone and answer the person with the new card. The
+person is waiting for the answer, so this runs in the invoke itself; a Teams user who is
+not a neetoChat agent gets a plain explanation instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from botbuilder.schema import AdaptiveCardInvokeResponse
 
 from services.context import BridgeContext, NotLinked
 from services.errors import RemoteError
+from services.identities import acting_agent
 from services.to_teams import close_portal, conversation_card, refresh_cards
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,14 @@ def invoke_message(text: str) -> AdaptiveCardInvokeResponse:
 
 
 async def _invoker_agent(ctx: BridgeContext, turn_context: TurnContext, ws) -> dict[str, Any] | None:
-    account = await TeamsInfo.get_member(turn_context, turn_context.activity.from_property.id)
-    email = account.email or account.user_principal_name
-    return await ctx.neetochat(ws).find_agent_by_email(email) if email else None
+    """Who pressed, in neetoChat: the same resolution as for their messages."""
+    sender = turn_context.activity.from_property
+
+    async def email() -> str | None:
+        account = await TeamsInfo.get_member(turn_context, sender.id)
+        return account.email or account.user_principal_name
+
+    return await acting_agent(ctx, ws, sender.aad_object_id, email)
 
 
 async def handle_card_action(
@@ -53,12 +60,13 @@ async def handle_card_action(
     if ws is None or portal is None:
         return invoke_message("This conversation is no longer connected to Teams.")
     try:
-        dest = await ctx.destination(ws)
+        dest = await ctx.destination(ws, portal.team_id)
         agent = await _invoker_agent(ctx, turn_context, ws)
         if agent is None:
             return invoke_message(
                 "Only neetoChat agents can assign or close conversations. Ask an admin to invite "
-                "you to neetoChat with the email you use in Teams."
+                "you to neetoChat with the email you use in Teams, or to set who you are in neetoChat "
+                "on the integration's settings page."
             )
         client = ctx.neetochat(ws)
         if verb == "assign_to_me":

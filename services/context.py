@@ -36,6 +36,8 @@ class Destination:
 
     workspace: Workspace
     installation: Installation
+    # A routed team's notification channel (services/routing.py); None: the workspace's own
+    notification_override: str | None = None
 
     @property
     def service_url(self) -> str:
@@ -47,6 +49,10 @@ class Destination:
 
     @property
     def notification_channel_id(self) -> str:
+        if self.notification_override:
+            return self.notification_override
+        if self.installation.team_id != self.workspace.team_id:  # a routed team: its General
+            return self.installation.general_channel_id
         return self.workspace.notification_channel_id or self.installation.general_channel_id
 
 
@@ -90,13 +96,23 @@ class BridgeContext:
         self._clients[ws.id] = (fingerprint, client)
         return client
 
-    async def destination(self, ws: Workspace) -> Destination:
-        """The team a workspace posts to, or ``NotLinked`` saying what is missing."""
+    async def destination(self, ws: Workspace, team_id: str | None = None) -> Destination:
+        """The team a workspace posts to (``team_id``: a team a routing rule chose), or
+        ``NotLinked`` saying what is missing."""
         if not ws.team_id:
             raise NotLinked("the workspace is not linked to a Teams team")
+        if team_id and team_id != ws.team_id:
+            return await self._routed(ws, team_id)
         inst = await self.store.get_installation(ws.team_id)
         if inst is None:
             raise NotLinked("the bot has not been installed in the linked team yet")
         if not inst.installed:
             raise NotLinked(BOT_REMOVED)
         return Destination(ws, inst)
+
+    async def _routed(self, ws: Workspace, team_id: str) -> Destination:
+        inst = await self.store.get_installation(team_id)
+        if inst is None or not inst.installed:
+            raise NotLinked(f"the bot is not installed in the team a routing rule sends this to ({team_id})")
+        channel = next((r.get("notification_channel_id") for r in ws.routes or [] if r.get("team_id") == team_id), None)
+        return Destination(ws, inst, channel)

@@ -72,6 +72,16 @@ class PersonPost:
 
 
 @dataclass(frozen=True)
+class TeamMember:
+    """A person in a team's roster, as Graph lists it."""
+
+    aad_object_id: str
+    name: str
+    email: str
+    owner: bool
+
+
+@dataclass(frozen=True)
 class ChannelInfo:
     id: str
     name: str
@@ -219,20 +229,26 @@ class GraphChannels:
         grants = (page.value if page else None) or []
         return {g.permission for g in grants if g.permission and (app_id is None or g.client_app_id == app_id)}
 
-    async def owners(self, group_id: str) -> set[str]:
-        """AAD object ids of the team's owners, from its roster (RSC ``TeamMember.Read.Group``)."""
+    async def members(self, group_id: str) -> list[TeamMember]:
+        """The team's roster (RSC ``TeamMember.Read.Group``): people, not guests without an
+        Entra account."""
         members = self._client.teams.by_team_id(group_id).members
-        found: set[str] = set()
+        found: list[TeamMember] = []
         async with self._call("list_members"):
             page = await members.get()
             while page is not None:
-                found |= {
-                    m.user_id for m in page.value or [] if "owner" in (m.roles or []) and getattr(m, "user_id", None)
-                }
+                for m in page.value or []:
+                    if getattr(m, "user_id", None):
+                        email = getattr(m, "email", None) or ""
+                        found.append(TeamMember(m.user_id, m.display_name or "", email, "owner" in (m.roles or [])))
                 if not page.odata_next_link:
                     break
                 page = await members.with_url(page.odata_next_link).get()
         return found
+
+    async def owners(self, group_id: str) -> set[str]:
+        """AAD object ids of the team's owners, from its roster."""
+        return {m.aad_object_id for m in await self.members(group_id) if m.owner}
 
     async def bot_posts_since(
         self, group_id: str, channel_id: str, app_id: str | None, since: float, thread_id: str | None = None

@@ -82,7 +82,7 @@ async def _permissions(ctx: BridgeContext, dest: Destination) -> list[Check]:
         "Channel.Create.Group": "new conversations get no channel",
         "Channel.Delete.Group": "closed conversations keep their channel",
         "ChannelSettings.Read.Group": "the settings cannot list the team's channels",
-        "TeamMember.Read.Group": "owners cannot be recognised for the settings",
+        "TeamMember.Read.Group": "owners cannot be recognised for the settings, nor people listed on the settings page",
     }
     detail = "; ".join(f"{p} is not granted: {what.get(p, 'a feature stops working')}" for p in missing)
     return [Check(PERMISSIONS, False, detail, REINSTALL)]

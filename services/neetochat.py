@@ -33,6 +33,7 @@ class NeetoChatClient:
         self._agents: TTLCache[str, dict[str, Any] | None] = TTLCache(
             maxsize=10_000, ttl=AGENT_TTL, timer=time.monotonic
         )
+        self._roster: tuple[float, dict[str, dict[str, Any]]] | None = None  # (when, agent id → agent)
 
     async def _call(
         self,
@@ -101,6 +102,21 @@ class NeetoChatClient:
         agents = [a for a in body.get("agents", []) if a.get("active", True)]
         self._agents[key] = agent = agents[0] if agents else None
         return agent
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent of the workspace, active or not, as neetoChat has them now (what the
+        settings page offers, and what an identity override is checked against)."""
+        body = await self._call("GET", "/agents")
+        return list(body.get("agents", []))
+
+    async def active_agent(self, agent_id: str) -> dict[str, Any] | None:
+        """The active agent with this id, or None (unknown or deactivated). Every Teams
+        message of someone with an identity override asks this; the listing it reads is kept
+        for ``AGENT_TTL`` seconds, like the email match."""
+        if self._roster is None or time.monotonic() - self._roster[0] > AGENT_TTL:
+            self._roster = (time.monotonic(), {a["id"]: a for a in await self.list_agents()})
+        agent = self._roster[1].get(agent_id)
+        return agent if agent and agent.get("active", True) else None
 
     async def get_conversation(self, conversation_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/conversations/{conversation_id}")

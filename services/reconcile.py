@@ -56,7 +56,7 @@ async def reconcile_conversation(
     portal = await ctx.store.get_portal(ws.id, conversation_id)
     if portal is None or portal.state != "open" or not portal.backfilled or not portal.channel_id:
         return  # closed, or still being set up (the setup posts the whole history itself)
-    dest = await ctx.destination(ws)
+    dest = await ctx.destination(ws, portal.team_id)
     conversation = await ctx.neetochat(ws).get_conversation(conversation_id)
     if conversation.get("status") == "closed":
         log.warning("reconcile: conversation %s was closed without the bridge hearing of it", conversation_id)

@@ -1,5 +1,5 @@
 """A linked workspace's settings: the notification channel, the update type and whether a
-closed conversation's transcript is posted.
+closed conversation's transcript is posted (who is who in neetoChat: ``services/identities.py``).
 
 Changed from two places with the same checks: the settings page (``services/web/pages.py``,
 for the admin who linked the workspace) and the ``/settings`` card in Teams
@@ -13,7 +13,7 @@ import time
 from services.admin import UPDATE_TYPES
 from services.context import BridgeContext
 from services.errors import RemoteError
-from services.graph import ChannelInfo, GraphChannels
+from services.graph import ChannelInfo, GraphChannels, TeamMember
 from services.store.base import Installation, Workspace
 
 
@@ -37,6 +37,12 @@ async def team_channels(ctx: BridgeContext, ws: Workspace, inst: Installation) -
     graph, group_id = _team_graph(ctx, ws, inst)
     channels = await graph.list(group_id)
     return sorted(channels, key=lambda c: (c.id != inst.general_channel_id, c.name.lower()))
+
+
+async def team_members(ctx: BridgeContext, ws: Workspace, inst: Installation) -> list[TeamMember]:
+    """The linked team's roster (for the settings page's "People")."""
+    graph, group_id = _team_graph(ctx, ws, inst)
+    return await graph.members(group_id)
 
 
 async def is_team_owner(ctx: BridgeContext, ws: Workspace, inst: Installation, aad_object_id: str | None) -> bool:

@@ -312,7 +312,7 @@ async def _from_hosted_contents(
 ) -> Fetched:
     """The same image through Graph: the message's body names its hosted contents in order."""
     try:
-        dest = await ctx.destination(ws)
+        dest = await ctx.destination(ws, (payload.get("user") or {}).get("team_id"))
         group_id = dest.installation.aad_group_id or ws.aad_group_id
         client = ctx.graph.for_tenant(dest.tenant_id).client
     except Exception as exc:  # not linked, no tenant yet: no second path
@@ -348,7 +348,7 @@ async def _from_hosted_contents(
 async def _from_sharepoint(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any], item: dict[str, Any]) -> Fetched:
     """A channel file through Graph's shares API: size and type first, then the content."""
     try:
-        dest = await ctx.destination(ws)
+        dest = await ctx.destination(ws, (payload.get("user") or {}).get("team_id"))
         client = ctx.graph.for_tenant(dest.tenant_id).client
     except Exception as exc:
         raise Unavailable(f"no Graph access ({exc})") from exc

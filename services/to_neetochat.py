@@ -1,8 +1,9 @@
 """Teams → neetoChat: where a message written in a conversation channel reaches the visitor.
 
 The activity was stored as a job when it arrived (``bots/teams_bot.py``); here it is
-delivered. Who writes: the Teams member's email (from the connector's roster) matched to a
-neetoChat agent; anyone else writes as the user who authorized the integration. Either
+delivered. Who writes: the Teams member's identity override (settings page), else their
+email (from the connector's roster) matched to a neetoChat agent; anyone else writes as the
+user who authorized the integration (``services/identities.py``). Either
 way the conversation is assigned to that agent when no agent has it (seed: "assigned to
 the user similar to the way in neetoChat app").
 
@@ -29,6 +30,7 @@ from dialogs.commands import parse_command
 from services import teams_content
 from services.context import BridgeContext
 from services.errors import RemoteError
+from services.identities import acting_agent
 from services.store.base import MessageLink, Workspace
 from services.to_teams import close_portal, post_once
 
@@ -42,8 +44,8 @@ class Refused(Exception):
 async def resolve_agent(
     ctx: BridgeContext, ws: Workspace, reference: dict[str, Any], user: dict[str, Any]
 ) -> dict[str, Any]:
-    """The neetoChat agent a Teams user writes as: their own (matched by email), else the
-    user who authorized the integration."""
+    """The neetoChat agent a Teams user writes as: their own (``agent_of``), else the user
+    who authorized the integration."""
     agent = await agent_of(ctx, ws, reference, user)
     if agent:
         return agent
@@ -56,18 +58,31 @@ async def resolve_agent(
 async def agent_of(
     ctx: BridgeContext, ws: Workspace, reference: dict[str, Any], user: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The Teams user's own neetoChat agent (matched by email), or None."""
-    client = ctx.neetochat(ws)
-    email = user.get("email")
-    if not email and user.get("id"):
-        try:
-            member = await ctx.poster.member(reference, user["team_id"], user["id"])
-            email = member.get("email") or member.get("userPrincipalName")
-        except RemoteError as exc:
-            if exc.retryable:
-                raise
-            log.warning("member lookup refused: %s", exc)  # fall back to the authorizing user
-    return await client.find_agent_by_email(email) if email else None
+    """The Teams user's own neetoChat agent (their identity override, else matched by email:
+    ``services/identities.py``), or None. ``user`` is a payload's writer (with their AAD
+    object id) or a mentioned person (only their Teams id: the roster tells the rest)."""
+    found: dict[str, Any] | None = None
+
+    async def member() -> dict[str, Any]:  # the team's roster entry, asked at most once (and cached)
+        nonlocal found
+        if found is None:
+            found = {}
+            try:
+                found = await ctx.poster.member(reference, user["team_id"], user["id"]) if user.get("id") else {}
+            except RemoteError as exc:
+                if exc.retryable:
+                    raise
+                log.warning("member lookup refused: %s", exc)  # fall back to the authorizing user
+        return found
+
+    async def email() -> str | None:
+        if user.get("email"):
+            return user["email"]
+        entry = await member()
+        return entry.get("email") or entry.get("userPrincipalName")
+
+    aad_object_id = user.get("aad_object_id") or (await member()).get("aadObjectId")
+    return await acting_agent(ctx, ws, aad_object_id, email)
 
 
 async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
@@ -173,7 +188,7 @@ async def close_from_teams(ctx: BridgeContext, ws: Workspace, payload: dict[str,
     """``/close``: close in neetoChat as the writer, then delete the channel."""
     agent = await resolve_agent(ctx, ws, payload["reference"], payload["user"])
     conversation = await ctx.neetochat(ws).close_conversation(payload["conversation_id"], agent["id"])
-    dest = await ctx.destination(ws)
+    dest = await ctx.destination(ws, payload["user"].get("team_id"))
     await close_portal(ctx, dest, conversation, agent)
 
 
@@ -190,7 +205,7 @@ async def report_delivery(ctx: BridgeContext, ws: Workspace, payload: dict[str, 
     if link and link.teams_activity_id:
         await ctx.poster.update(reference, link.teams_activity_id, activity)
         return
-    dest = await ctx.destination(ws)
+    dest = await ctx.destination(ws, payload["user"].get("team_id"))
     await post_once(ctx, dest, payload["conversation_id"], key, channel_id, activity, thread_id=root or None)
 
 

@@ -36,6 +36,7 @@ from services.fencing import check_lease
 from services.graph import BotPost, GraphChannels
 from services.neeto_teams import remember_teams
 from services.rate_limits import Throttled
+from services.routing import channel_team, route_team
 from services.store.base import MessageLink, Portal, Workspace
 from services.teams_text import html_to_text
 
@@ -159,7 +160,7 @@ async def handle_event(ctx: BridgeContext, ws: Workspace, event: dict[str, Any])
     data = event["data"]
     conversation = data["conversation"]
     await remember_teams(ctx.store, ws.id, event)  # for /assign team <name>
-    dest = await ctx.destination(ws)
+    dest = await ctx.destination(ws, await channel_team(ctx, ws, conversation))
     if name == "conversation.closed":
         await close_portal(ctx, dest, conversation, data.get("actor"), closed_at=event.get("created_at"))
         return
@@ -226,11 +227,11 @@ async def channel_gone(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
     channel with its whole history (the old posts went with the old channel) and say so in
     the notification channel. Our own deletion on close lands here too, and is ignored
     because the portal is closed by then (jobs of a conversation run in order)."""
-    dest = await ctx.destination(ws)
     conv_id, gone = payload["conversation_id"], payload["channel_id"]
     portal = await ctx.store.get_portal(ws.id, conv_id)
     if portal is None or portal.state == "closed" or portal.thread_id:
         return
+    dest = await ctx.destination(ws, portal.team_id)
     if portal.channel_id == gone:
         await ctx.store.forget_channel_links(ws.id, conv_id, gone)
         await ctx.store.update_portal(ws.id, conv_id, **NO_CHANNEL)
@@ -293,7 +294,7 @@ async def ensure_portal(ctx: BridgeContext, dest: Destination, conversation_id: 
         if conversation.get("status") == "closed":
             await ctx.store.create_portal(Portal(ws_id, conv_id, conversation["number"], state="closed"))
             return None
-        portal = Portal(ws_id, conv_id, conversation["number"], team_id=dest.workspace.team_id)
+        portal = Portal(ws_id, conv_id, conversation["number"], team_id=dest.installation.team_id)
         await ctx.store.create_portal(portal)
     history = [m async for m in client.iter_messages(conv_id)]
     first = next((m for m in history if _is_bridgeable(m) and m["sender"].get("type") == "visitor"), None)
@@ -513,12 +514,14 @@ async def post_assignment(ctx: BridgeContext, dest: Destination, portal: Portal,
         thread_id=portal.thread_id,
     )
     if dest.workspace.update_type == "all_activity" and not portal.thread_id:
+        # the channel stays where it was created; the notice goes where the rules say now
+        notify = await ctx.destination(dest.workspace, route_team(dest.workspace, data["conversation"]))
         await post_once(
             ctx,
-            dest,
+            notify,
             portal.conversation_id,
             f"event:{event['id']}:notify",
-            dest.notification_channel_id,
+            notify.notification_channel_id,
             html_activity(text),
         )
 
@@ -696,8 +699,8 @@ async def tell_undelivered(ctx: BridgeContext, workspace_id: str, event: dict[st
     ws = await ctx.store.get_workspace(workspace_id)
     if ws is None:
         return
-    dest = await ctx.destination(ws)
     conversation = (event.get("data") or {}).get("conversation") or {}
+    dest = await ctx.destination(ws, await channel_team(ctx, ws, conversation) if conversation.get("id") else None)
     what = "a message" if event.get("event") == "message.created" else f"an update ({event.get('event')})"
     await post_once(
         ctx,

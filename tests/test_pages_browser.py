@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from playwright.async_api import Page, async_playwright, expect
 
 from tests import test_signin
-from tests.harness import CHROMIUM, CHROMIUM_ARGS, ROOT, require_chromium, wait_for
+from tests.harness import CHROMIUM, CHROMIUM_ARGS, ROOT, WS, require_chromium, wait_for
 from tests.test_signin import SignIn, add_channel
 
 signin = test_signin.signin  # the fixture, shared with tests/test_signin.py
@@ -101,7 +101,7 @@ async def test_login_pick_team_and_save_settings_in_the_browser(signin, page, sh
     await select.select_option(label="Escalations")
     await page.get_by_label("All conversation activity").check()
     await page.get_by_label("post its transcript").uncheck()
-    await page.get_by_role("button", name="Save").click()
+    await page.get_by_role("button", name="Save", exact=True).click()
     await expect(page.get_by_text("Saved.")).to_be_visible()
     await expect(page.get_by_label("Notification channel").locator("option:checked")).to_have_text("Escalations")
     await expect(page.get_by_label("All conversation activity")).to_be_checked()
@@ -112,6 +112,31 @@ async def test_login_pick_team_and_save_settings_in_the_browser(signin, page, sh
     assert ws.team_id == h.team_id and ws.authorizing_user["aad_object_id"] == h.adam["aadObjectId"]
     assert ws.notification_channel_id == escalations and ws.update_type == "all_activity"
     assert ws.transcript_on_close is False
+
+
+async def test_people_and_check_setup_in_the_browser(signin, page, shots):
+    s, h = signin, signin.h
+    await s.connect_workspace()
+    await s.install()
+    await _sign_in(s, page)
+    await page.get_by_role("button", name="Link this team").click()
+    olly = page.get_by_label("Olly Outsider writes as")
+    await expect(olly.locator("option:checked")).to_have_text("Match by email (none: Adam Admin)")
+    await expect(page.get_by_role("row", name=re.compile("Ada Agent ADA@acme.test Ada Agent"))).to_be_visible()
+    await olly.select_option(label="Ada Agent (ada@acme.test)")
+    await page.get_by_label("Ada Agent writes as").select_option(label="Always as the authorizing user")
+    await page.get_by_role("button", name="Save people").click()
+    await expect(page.get_by_text("People saved.")).to_be_visible()
+    await expect(page.get_by_label("Olly Outsider writes as").locator("option:checked")).to_have_text(
+        "Ada Agent (ada@acme.test)"
+    )
+    assert (await s.store.identity_override(WS, h.olly["aadObjectId"])).agent_id == h.ada_agent["id"]
+    assert (await s.store.identity_override(WS, h.ada["aadObjectId"])).agent_id is None
+
+    await page.get_by_role("button", name="Check setup").click()
+    await expect(page.get_by_text(re.compile("neetoChat API key: valid"))).to_be_visible()
+    await expect(page.locator(".checks li.ok")).to_have_count(7)
+    await page.screenshot(path=str(shots / "settings-people-check.png"), full_page=True)
 
 
 async def test_bot_not_installed_page_in_the_browser(signin, page, shots):

@@ -109,7 +109,8 @@ async def test_pages_need_a_sign_in(web_bridge):
         resp = await web_bridge.request(method, path, allow_redirects=False)
         assert resp.status == 403, path
     # forms without a session's CSRF token are refused before anything else
-    for path in ("/teams/settings", "/teams/pick", "/teams/check", "/teams/disconnect"):
+    for path in ("/teams/settings", "/teams/pick", "/teams/check", "/teams/disconnect", "/teams/people",
+                 "/teams/check-setup"):
         resp = await web_bridge.post(path, data={"workspace": WS, "csrf_token": "guess"})
         assert resp.status == 403 and "form has expired" in await resp.text(), path
 

@@ -436,3 +436,33 @@ async def test_signing_in_again_as_the_authorizing_user_opens_the_settings(signi
         status, page = await s.signed_in_page(browser)
         assert status == 200 and "Notification channel" in page
 
+
+
+async def test_check_setup_shows_each_check_with_its_fix_on_the_settings_page(signin):
+    s, h = signin, signin.h
+    await s.connect_workspace()
+    await s.install()
+    names = ("Teams link", "Permissions in the team", "Messages reach the bot", "Channels", "neetoChat API key",
+             "Webhooks from neetoChat", "Deliveries")
+    async with s.browser() as browser, s.browser() as stranger:
+        page = await s.link_team(browser)
+        assert "Check setup" in page and "✅" not in page  # run on demand only
+        status, page = await s.post(browser, "/teams/check-setup", page)
+        assert status == 200 and "Notification channel" in page  # the settings page, with the checks
+        for name in names:
+            assert f"✅ <strong>{name}</strong>" in page, name
+        assert "⚠️" not in page and "→" not in page
+
+        h.ms.revoke_rsc(h.team_id, "ChannelMessage.Read.Group")
+        status, page = await s.post(browser, "/teams/check-setup", page)
+        assert status == 200
+        problem = re.search(r'<li class="problem">(.*?)</li>', page, re.S).group(1)
+        assert "⚠️ <strong>Permissions in the team</strong>" in problem
+        assert "only messages that @mention it" in problem
+        assert "→ a team owner removes the neetoChat app from the team and adds it again" in problem
+        assert page.count('<li class="problem">') == 1
+
+        status, text = await s.post(browser, "/teams/check-setup", None, csrf_token="forged")
+        assert status == 403 and "form has expired" in text and "<strong>Teams link</strong>" not in text
+        status, text = await s.post(stranger, "/teams/check-setup", None, csrf_token="x")
+        assert status == 403 and "<strong>Teams link</strong>" not in text

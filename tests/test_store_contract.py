@@ -532,6 +532,7 @@ async def test_delete_workspace_cascades(store: Store):
         assert await store.create_portal(Portal(ws, "c1", 1, state="open", channel_id=f"19:{ws}"))
         assert await store.add_message_link(MessageLink(ws, "c1", "n1", "t1", "to_teams"))
         await store.remember_neeto_team(ws, "team1", "Billing")
+        await store.set_identity_override(ws, "aad-1", "agt-1")
         assert await store.enqueue(job(f"{ws}-done", workspace=ws, partition=f"{ws}:c1"))
         assert await store.enqueue(job(f"{ws}-pending", workspace=ws, partition=f"{ws}:c1"))
     for j in await store.claim_jobs("A", NOW, LEASE, 10):
@@ -544,6 +545,7 @@ async def test_delete_workspace_cascades(store: Store):
     assert await store.get_link_by_neeto_id("ws1", "n1") is None
     assert await store.get_link_by_activity_id("ws1", "t1") is None
     assert await store.neeto_teams("ws1") == {}
+    assert await store.identity_override("ws1", "aad-1") is None and await store.identity_overrides("ws1") == []
     counts = await store.job_counts("ws1")
     assert (counts.pending, counts.dead) == (0, 0)
     assert await store.enqueue(job("ws1-done", workspace="ws1")) is False  # finished history stays: it dedupes
@@ -554,6 +556,7 @@ async def test_delete_workspace_cascades(store: Store):
     assert await store.get_link_by_neeto_id("ws2", "n1") is not None
     assert (await store.job_counts("ws2")).pending == 1
     assert await store.neeto_teams("ws2") == {"team1": "Billing"}
+    assert (await store.identity_override("ws2", "aad-1")).agent_id == "agt-1"
 
     assert await store.delete_workspace("ws1") is False
     assert await store.delete_workspace("never") is False
@@ -919,3 +922,61 @@ async def test_linked_workspaces(store: Store):
     linked.team_id = "19:team@thread.tacv2"
     await store.put_workspace(linked)
     assert [w.id for w in await store.linked_workspaces()] == ["ws2"]
+
+
+async def test_identity_overrides_per_workspace_and_person_replaced_in_place(store: Store):
+    assert await store.identity_override("ws1", "aad-1") is None
+    assert await store.identity_overrides("ws1") == []
+    await store.set_identity_override("ws1", "aad-1", "agt-ada", "Olly Outsider", "olly@partner.test")
+    await store.set_identity_override("ws1", "aad-2", None, "Ada Agent", "ada@acme.test")  # the authorizing user
+    await store.set_identity_override("ws2", "aad-1", "agt-other")
+    olly = await store.identity_override("ws1", "aad-1")
+    assert (olly.workspace_id, olly.agent_id, olly.teams_name, olly.teams_email) == (
+        "ws1", "agt-ada", "Olly Outsider", "olly@partner.test")
+    assert olly.updated_at > 0
+    assert (await store.identity_override("ws1", "aad-2")).agent_id is None
+
+    # one per person: setting again replaces (both at once too: never a second row)
+    await asyncio.gather(*(store.set_identity_override("ws1", "aad-1", None, "Olly O.") for _ in range(5)))
+    listed = await store.identity_overrides("ws1")
+    assert [(o.aad_object_id, o.agent_id, o.teams_name) for o in listed] == [
+        ("aad-2", None, "Ada Agent"), ("aad-1", None, "Olly O.")]  # by Teams name
+    assert [o.agent_id for o in await store.identity_overrides("ws2")] == ["agt-other"]
+
+    assert await store.delete_identity_override("ws1", "aad-1") is True
+    assert await store.delete_identity_override("ws1", "aad-1") is False
+    assert await store.identity_override("ws1", "aad-1") is None
+    assert (await store.identity_override("ws2", "aad-1")).agent_id == "agt-other"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
+async def test_migration_7_adds_identity_overrides_to_an_older_store(backend, tmp_path, monkeypatch):
+    """Every migration but 7 (so today's put_workspace finds its columns), then 7."""
+    module, make = _reopenable(backend, tmp_path)
+    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] != 7])
+    old = make()
+    await old.open()
+    await old.put_workspace(workspace("ws1"))
+    await old.close()
+
+    monkeypatch.undo()
+    new = make()
+    await new.open()
+    try:
+        if isinstance(new, SqliteStore):
+            assert 7 in {r[0] for r in await new.db.execute_fetchall("SELECT version FROM schema_version")}
+        else:
+            assert await new.db.migrations.find_one({"_id": 7})
+        await new.set_identity_override("ws1", "aad-1", "agt-1")
+        assert (await new.identity_override("ws1", "aad-1")).agent_id == "agt-1"
+        if isinstance(new, MongoStore):
+            index = (await new.db.identity_overrides.index_information())["person"]
+            assert index["unique"] and index["key"] == [("workspace_id", 1), ("aad_object_id", 1)]
+        else:  # the per-message lookup is one search of the primary key
+            rows = await new.db.execute_fetchall(
+                "EXPLAIN QUERY PLAN SELECT * FROM identity_overrides WHERE workspace_id = ? AND aad_object_id = ?",
+                ("ws1", "aad-1"),
+            )
+            assert [r[3] for r in rows] and all(r[3].startswith("SEARCH") for r in rows), [r[3] for r in rows]
+    finally:
+        await new.close()

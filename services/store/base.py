@@ -10,7 +10,8 @@ Shapes (mautrix-style): a *workspace* is a connected neetoChat workspace; an
 *installation* is a Teams team the bot was added to; a *portal* is one neetoChat
 conversation and the Teams channel that mirrors it; a *message link* maps one neetoChat
 message id to one Teams activity id; a *job* is one unit of durable work (an inbound
-event, or a message written in Teams) processed in order per conversation.
+event, or a message written in Teams) processed in order per conversation; an *identity
+override* says who one Teams user is in neetoChat when their emails differ.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Workspace:
     # Post a conversation's transcript in the notification channel before its channel is
     # deleted on close, and open the channel of a reopened conversation with it.
     transcript_on_close: bool = True
+    # Routing rules, first match wins (services/routing.py): [{"when": {...}, "team_id",
+    # "notification_channel_id"}]; None or empty: every conversation goes to ``team_id``.
+    routes: list[dict[str, Any]] | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -139,6 +143,20 @@ class JobCounts:
     oldest_pending_at: float | None = None
 
 
+@dataclass
+class IdentityOverride:
+    """Who one Teams user writes as in neetoChat, set on the settings page or through the
+    operator API (for people whose Teams and neetoChat emails differ); wins over the email
+    match. Unique per (workspace, Teams user)."""
+
+    workspace_id: str
+    aad_object_id: str  # the Teams user's Entra (AAD) object id, lower case
+    agent_id: str | None  # a neetoChat agent; None: always as the authorizing user
+    teams_name: str = ""  # as the team's roster had them when set (shown once they left the team)
+    teams_email: str = ""
+    updated_at: float = 0.0
+
+
 class Store(abc.ABC):
     """Async persistence. Every method is safe to call concurrently from one event loop;
     claim/lease methods are also safe across processes sharing one database."""
@@ -173,7 +191,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_workspace(self, workspace_id: str) -> bool:
-        """Remove the workspace, its portals, links and unfinished jobs. True if it existed."""
+        """Remove the workspace, its portals, links, identity overrides and unfinished jobs. True
+        if it existed."""
 
     # installations -------------------------------------------------------------------
     @abc.abstractmethod
@@ -224,6 +243,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def neeto_teams(self, workspace_id: str) -> dict[str, str]:
         """Every team seen in the workspace: id → name."""
+
+    # identity overrides -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def set_identity_override(
+        self, workspace_id: str, aad_object_id: str, agent_id: str | None, teams_name: str = "", teams_email: str = ""
+    ) -> None:
+        """Insert or replace one Teams user's override (``agent_id`` None: always as the
+        authorizing user)."""
+
+    @abc.abstractmethod
+    async def delete_identity_override(self, workspace_id: str, aad_object_id: str) -> bool:
+        """Back to the email match. True if there was an override."""
+
+    @abc.abstractmethod
+    async def identity_override(self, workspace_id: str, aad_object_id: str) -> IdentityOverride | None:
+        """One indexed read: asked for every message written in Teams."""
+
+    @abc.abstractmethod
+    async def identity_overrides(self, workspace_id: str) -> list[IdentityOverride]:
+        """Every override of the workspace, by Teams name."""
 
     # message links -------------------------------------------------------------------
     @abc.abstractmethod

@@ -23,6 +23,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from services.store.base import (
+    IdentityOverride,
     Installation,
     Job,
     JobCounts,
@@ -111,6 +112,13 @@ async def _migration_5(db: Any) -> None:
     await db.neeto_teams.create_index([("workspace_id", ASCENDING), ("team_id", ASCENDING)], name="team", unique=True)
 
 
+async def _migration_7(db: Any) -> None:
+    """Identity overrides: one per (workspace, Teams user), read for every Teams message."""
+    await db.identity_overrides.create_index(
+        [("workspace_id", ASCENDING), ("aad_object_id", ASCENDING)], name="person", unique=True
+    )
+
+
 # Numbered migrations, applied in order; never edit a released one, append. A new field that
 # nothing queries needs none: a document without it reads as the dataclass default (schema 6
 # of the SQLite store, workspaces' ``transcript_on_close`` = True and portals' ``reopened`` =
@@ -121,6 +129,7 @@ MIGRATIONS: list[tuple[int, Callable[[Any], Awaitable[None]]]] = [
     (3, _migration_3),
     (4, _migration_4),
     (5, _migration_5),
+    (7, _migration_7),
 ]
 
 _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
@@ -134,6 +143,14 @@ def _load(cls: type, doc: dict[str, Any] | None, id_field: str | None = None) ->
     if id_field is not None:
         kwargs[id_field] = doc["_id"]
     return cls(**kwargs)
+
+
+async def _upsert(collection: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
+    """Insert or update the one document ``key`` names (a unique index over its fields)."""
+    try:
+        await collection.update_one(key, {"$set": values}, upsert=True)
+    except DuplicateKeyError:  # a racing upsert inserted it first: now it is there to update
+        await collection.update_one(key, {"$set": values})
 
 
 class MongoStore(Store):
@@ -196,6 +213,7 @@ class MongoStore(Store):
         await self.db.portals.delete_many({"workspace_id": workspace_id})
         await self.db.message_links.delete_many({"workspace_id": workspace_id})
         await self.db.neeto_teams.delete_many({"workspace_id": workspace_id})
+        await self.db.identity_overrides.delete_many({"workspace_id": workspace_id})
         await self.db.jobs.delete_many({"workspace_id": workspace_id, "status": "pending"})
         return result.deleted_count > 0
 
@@ -340,14 +358,36 @@ class MongoStore(Store):
 
     # neetoChat teams -------------------------------------------------------------------
     async def remember_neeto_team(self, workspace_id: str, team_id: str, name: str) -> None:
-        key, change = {"workspace_id": workspace_id, "team_id": team_id}, {"$set": {"name": name}}
-        try:
-            await self.db.neeto_teams.update_one(key, change, upsert=True)
-        except DuplicateKeyError:  # a racing upsert inserted it first: now it is there to update
-            await self.db.neeto_teams.update_one(key, change)
+        await _upsert(self.db.neeto_teams, {"workspace_id": workspace_id, "team_id": team_id}, {"name": name})
 
     async def neeto_teams(self, workspace_id: str) -> dict[str, str]:
         return {doc["team_id"]: doc["name"] async for doc in self.db.neeto_teams.find({"workspace_id": workspace_id})}
+
+    # identity overrides -----------------------------------------------------------------
+    async def set_identity_override(
+        self, workspace_id: str, aad_object_id: str, agent_id: str | None, teams_name: str = "", teams_email: str = ""
+    ) -> None:
+        await _upsert(
+            self.db.identity_overrides,
+            {"workspace_id": workspace_id, "aad_object_id": aad_object_id},
+            {"agent_id": agent_id, "teams_name": teams_name, "teams_email": teams_email, "updated_at": time.time()},
+        )
+
+    async def delete_identity_override(self, workspace_id: str, aad_object_id: str) -> bool:
+        result = await self.db.identity_overrides.delete_one(
+            {"workspace_id": workspace_id, "aad_object_id": aad_object_id}
+        )
+        return result.deleted_count > 0
+
+    async def identity_override(self, workspace_id: str, aad_object_id: str) -> IdentityOverride | None:
+        doc = await self.db.identity_overrides.find_one({"workspace_id": workspace_id, "aad_object_id": aad_object_id})
+        return _load(IdentityOverride, doc)
+
+    async def identity_overrides(self, workspace_id: str) -> list[IdentityOverride]:
+        cursor = self.db.identity_overrides.find({"workspace_id": workspace_id}).sort(
+            [("teams_name", ASCENDING), ("aad_object_id", ASCENDING)]
+        )
+        return [_load(IdentityOverride, doc) async for doc in cursor]
 
     # jobs ----------------------------------------------------------------------------
     async def _next_seq(self) -> int:

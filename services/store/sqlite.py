@@ -22,6 +22,7 @@ import aiosqlite
 import orjson
 
 from services.store.base import (
+    IdentityOverride,
     Installation,
     Job,
     JobCounts,
@@ -171,9 +172,25 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE portals ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        7,
+        [
+            # who a Teams user writes as in neetoChat (agent_id NULL: the authorizing user)
+            """CREATE TABLE identity_overrides (
+                workspace_id TEXT NOT NULL,
+                aad_object_id TEXT NOT NULL,
+                agent_id TEXT,
+                teams_name TEXT NOT NULL DEFAULT '',
+                teams_email TEXT NOT NULL DEFAULT '',
+                updated_at REAL NOT NULL DEFAULT 0,
+                PRIMARY KEY (workspace_id, aad_object_id)
+            )""",
+        ],
+    ),
+    (8, ["ALTER TABLE workspaces ADD COLUMN routes TEXT"]),  # routing rules (services/routing.py), JSON
 ]
 
-_JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload"}
+_JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload", "routes"}
 _BOOL_FIELDS = {"installed", "backfilled", "transcript_on_close", "reopened"}
 _PORTAL_FIELDS = {f.name for f in dc_fields(Portal)}
 
@@ -356,6 +373,7 @@ class SqliteStore(Store):
             await db.execute("DELETE FROM portals WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM message_links WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM neeto_teams WHERE workspace_id = ?", (workspace_id,))
+            await db.execute("DELETE FROM identity_overrides WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM jobs WHERE workspace_id = ? AND status = 'pending'", (workspace_id,))
         return existed
 
@@ -517,6 +535,40 @@ class SqliteStore(Store):
     async def neeto_teams(self, workspace_id: str) -> dict[str, str]:
         rows = await self._all("SELECT team_id, name FROM neeto_teams WHERE workspace_id = ?", (workspace_id,))
         return {row["team_id"]: row["name"] for row in rows}
+
+    # identity overrides -----------------------------------------------------------------
+    async def set_identity_override(
+        self, workspace_id: str, aad_object_id: str, agent_id: str | None, teams_name: str = "", teams_email: str = ""
+    ) -> None:
+        await self._write(
+            """INSERT INTO identity_overrides
+                 (workspace_id, aad_object_id, agent_id, teams_name, teams_email, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT(workspace_id, aad_object_id) DO UPDATE SET agent_id = excluded.agent_id,
+                 teams_name = excluded.teams_name, teams_email = excluded.teams_email,
+                 updated_at = excluded.updated_at""",
+            (workspace_id, aad_object_id, agent_id, teams_name, teams_email, time.time()),
+        )
+
+    async def delete_identity_override(self, workspace_id: str, aad_object_id: str) -> bool:
+        deleted = await self._write(
+            "DELETE FROM identity_overrides WHERE workspace_id = ? AND aad_object_id = ?", (workspace_id, aad_object_id)
+        )
+        return deleted > 0
+
+    async def identity_override(self, workspace_id: str, aad_object_id: str) -> IdentityOverride | None:
+        row = await self._one(
+            "SELECT * FROM identity_overrides WHERE workspace_id = ? AND aad_object_id = ?",
+            (workspace_id, aad_object_id),
+        )
+        return _from_row(IdentityOverride, row)
+
+    async def identity_overrides(self, workspace_id: str) -> list[IdentityOverride]:
+        rows = await self._all(
+            "SELECT * FROM identity_overrides WHERE workspace_id = ? ORDER BY teams_name, aad_object_id",
+            (workspace_id,),
+        )
+        return [_from_row(IdentityOverride, r) for r in rows]
 
     # jobs ----------------------------------------------------------------------------
     async def enqueue(self, job: Job) -> bool:

@@ -67,6 +67,8 @@ def setup_web(app: web.Application, settings: Settings, runtime: Callable[[Mappi
             web.post("/check", pages.check_again),
             web.get("/settings", pages.settings_page),
             web.post("/settings", pages.save_settings),
+            web.post("/people", pages.save_identities),
+            web.post("/check-setup", pages.check_setup),
             web.post("/disconnect", pages.disconnect),
             web.get("/app-package", pages.app_package),
             web.static("/static", str(ROOT / "static")),

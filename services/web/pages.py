@@ -4,7 +4,9 @@
 ``GET /teams/callback`` → ``GET/POST /teams/pick`` (the user's joined teams, delegated
 Graph) → link (``services.admin.link_team``, the operator API's own logic) → the bot
 confirms in General → ``GET/POST /teams/settings`` (notification channel, update type,
-transcript on close) and ``POST /teams/disconnect``. ``POST /teams/check`` retries a link
+transcript on close), ``POST /teams/people`` (who writes as whom in neetoChat),
+``POST /teams/check-setup`` (the health checks, shown on the page) and
+``POST /teams/disconnect``. ``POST /teams/check`` retries a link
 that waited for the app's installation; ``GET /teams/app-package`` downloads the app package.
 
 The session (encrypted cookie) holds, per browser: ``csrf`` (every form carries it),
@@ -38,8 +40,10 @@ from services.config import Settings
 from services.context import BridgeContext
 from services.errors import RemoteError
 from services.graph import ChannelInfo
+from services.health import Check, check_health
+from services.identities import IdentityError, people, save_people
 from services.store.base import Installation, Workspace
-from services.team_settings import SettingsError, change_settings, team_channels
+from services.team_settings import SettingsError, change_settings, team_channels, team_members
 from services.web.identity import SignedInUser, SignInFailed, finish_sign_in, joined_teams, start_sign_in
 from services.web.links import LinkRefused, verify_login_link
 
@@ -48,6 +52,7 @@ log = logging.getLogger("bridge.web")
 COOKIE_NAME = "neetochat_teams_session"
 LOGIN_MAX_AGE = 15 * 60  # from the signed link to the callback
 AUTH_MAX_AGE = 8 * 3600  # how long a sign-in may manage the settings
+PERSON = "person:"  # the People form's fields: person:<AAD object id> = "" | authorizing_user | agent id
 
 
 @dataclass
@@ -344,13 +349,23 @@ class Pages:
         error: str = "",
         notice: str = "",
         channels: list[ChannelInfo] | None = None,
+        checks: list[Check] | None = None,
     ) -> web.Response:
-        graph_error = ""
+        ctx = self.ctx(request)
+        graph_error = people_error = ""
         if inst is not None and channels is None:
             try:
-                channels = await team_channels(self.ctx(request), ws, inst)
+                channels = await team_channels(ctx, ws, inst)
             except RemoteError as exc:
                 graph_error = f"The team's channels could not be listed: {exc}"
+        rows, agents = [], []
+        if inst is not None:
+            try:
+                rows, agents = await people(ctx, ws, await team_members(ctx, ws, inst))
+            except RemoteError as exc:
+                people_error = f"The team's members could not be listed: {exc}"
+            except IdentityError as exc:
+                people_error = str(exc)
         general = inst.general_channel_id if inst else None
         selected = ws.notification_channel_id or general
         return await self.render(
@@ -366,6 +381,10 @@ class Pages:
             error=error or graph_error,
             notice=notice,
             user=ws.authorizing_user or {},
+            people=rows,
+            agents=agents,
+            people_error=people_error,
+            checks=checks,
         )
 
     async def settings_page(self, request: web.Request) -> web.Response:
@@ -375,13 +394,21 @@ class Pages:
             notice = "Linked. The bot is posting a confirmation in the team's General channel."
         elif request.query.get("saved"):
             notice = "Saved. New conversations follow these settings from now on."
+        elif request.query.get("people"):
+            notice = "People saved. Their next messages in Teams reach neetoChat as chosen."
         return await self._settings(request, ws, inst, notice=notice)
+
+    async def _linked(self, request: web.Request, form: dict[str, str]) -> tuple[Workspace, Installation]:
+        """``_managed``, and linked to a team the bot is in (a 409 settings page otherwise)."""
+        ws, inst = await self._managed(request, self._workspace_id(request, form))
+        if not ws.team_id or inst is None:
+            error = "This workspace is not linked to a team."
+            raise _AsException(await self._settings(request, ws, inst, status=409, error=error))
+        return ws, inst
 
     async def save_settings(self, request: web.Request) -> web.Response:
         form = await self._check_csrf(request)
-        ws, inst = await self._managed(request, self._workspace_id(request, form))
-        if not ws.team_id or inst is None:
-            return await self._settings(request, ws, inst, status=409, error="This workspace is not linked to a team.")
+        ws, inst = await self._linked(request, form)
         try:
             await change_settings(
                 self.ctx(request),
@@ -394,6 +421,28 @@ class Pages:
         except SettingsError as exc:
             return await self._settings(request, ws, inst, status=exc.status, error=str(exc))
         raise web.HTTPSeeOther(f"/teams/settings?workspace={quote(ws.id)}&saved=1")
+
+    async def save_identities(self, request: web.Request) -> web.Response:
+        """``POST /teams/people``: who each Teams user writes as in neetoChat. Checked as a
+        whole (people of the team, active agents) before anything is saved."""
+        form = await self._check_csrf(request)
+        ws, inst = await self._linked(request, form)
+        choices = {key.removeprefix(PERSON): value for key, value in form.items() if key.startswith(PERSON)}
+        ctx = self.ctx(request)
+        try:
+            await save_people(ctx, ws, await team_members(ctx, ws, inst), choices)
+        except RemoteError as exc:
+            error = f"Not saved: the team's members could not be listed: {exc}"
+            return await self._settings(request, ws, inst, status=502, error=error)
+        except IdentityError as exc:
+            return await self._settings(request, ws, inst, status=exc.status, error=str(exc))
+        raise web.HTTPSeeOther(f"/teams/settings?workspace={quote(ws.id)}&people=1")
+
+    async def check_setup(self, request: web.Request) -> web.Response:
+        """``POST /teams/check-setup``: the health checks (as ``/health`` in Teams), on the page."""
+        form = await self._check_csrf(request)
+        ws, inst = await self._managed(request, self._workspace_id(request, form))
+        return await self._settings(request, ws, inst, checks=await check_health(self.ctx(request), ws))
 
     async def disconnect(self, request: web.Request) -> web.Response:
         """``POST /teams/disconnect``: unlink the team; the workspace stays connected."""
