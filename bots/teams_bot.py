@@ -119,7 +119,11 @@ class TeamsBot(TeamsActivityHandler):
 
     async def _resume(self, team_id: str, group_id: str | None) -> None:
         """Added back: what stopped because the bot was gone is delivered now, in order."""
-        for ws in await self.store.workspaces_linked_to([team_id, group_id or ""]):
+        linked = await self.store.workspaces_linked_to([team_id, group_id or ""])
+        routing = [
+            w for w in await self.store.linked_workspaces() if any(r["team_id"] == team_id for r in w.routes or [])
+        ]
+        for ws in {w.id: w for w in linked + routing}.values():  # linked to the team, or routing to it
             replayed = await self.store.requeue_dead_jobs(ws.id, error_prefix=BOT_REMOVED)
             if replayed:
                 log.info("bot back in team %s: replaying %d deliveries", team_id, replayed, extra={"workspace": ws.id})

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from aiohttp import web
 
-from services.context import KEY_REFUSED, BridgeContext
+from services.context import BOT_REMOVED, KEY_REFUSED, BridgeContext
 from services.errors import RemoteError
 from services.health import as_json, check_health
 from services.identities import IdentityError, override_json, person_id, set_identity
@@ -113,7 +113,7 @@ def _link_problem(ws: Workspace, installation: Installation | None) -> str | Non
         return "the bot has not been installed in the linked team yet: install the app in the team"
     if not installation.installed:
         return (
-            "the bot was removed from the linked team: deliveries are held (as failed) and are "
+            f"{BOT_REMOVED} the linked team: deliveries are held (as failed) and are "
             "replayed automatically when the app is added back to the team"
         )
     return None

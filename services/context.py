@@ -22,7 +22,8 @@ from services.teams import TeamsPoster
 
 # How a job that stopped because the bot is not in the team any more is recognised: it is
 # dead-lettered with this reason, and replayed when the bot is added back.
-BOT_REMOVED = "the bot was removed from the linked team"
+# The start of every reason a delivery waits for the bot to be added back to a team.
+BOT_REMOVED = "the bot was removed from"
 KEY_REFUSED = "neetoChat refused the integration's API key"
 
 
@@ -107,12 +108,14 @@ class BridgeContext:
         if inst is None:
             raise NotLinked("the bot has not been installed in the linked team yet")
         if not inst.installed:
-            raise NotLinked(BOT_REMOVED)
+            raise NotLinked(f"{BOT_REMOVED} the linked team")
         return Destination(ws, inst)
 
     async def _routed(self, ws: Workspace, team_id: str) -> Destination:
         inst = await self.store.get_installation(team_id)
-        if inst is None or not inst.installed:
-            raise NotLinked(f"the bot is not installed in the team a routing rule sends this to ({team_id})")
+        if inst is None:
+            raise NotLinked(f"the bot is not installed in team {team_id}, where a routing rule sends this")
+        if not inst.installed:
+            raise NotLinked(f"{BOT_REMOVED} team {inst.name or team_id}, where a routing rule sends this")
         channel = next((r.get("notification_channel_id") for r in ws.routes or [] if r.get("team_id") == team_id), None)
         return Destination(ws, inst, channel)

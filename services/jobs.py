@@ -47,7 +47,8 @@ from services.log_context import bind
 from services.metrics import Metrics
 from services.rate_limits import Throttled
 from services.reconcile import reconcile_conversation
-from services.store.base import Job, Workspace
+from services.routing import route_team
+from services.store.base import Installation, Job, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class JobRunner:
             await self._dead(job, str(exc))
         except RemoteError as exc:
             if await self._bot_removed(job, exc):
-                await self._dead(job, f"{BOT_REMOVED}: {exc}")
+                await self._dead(job, f"{BOT_REMOVED} the team: {exc}")
             elif exc.service == "neetoChat" and exc.status == 401:
                 await self._key_refused(job, ws)
             elif exc.status == 429 and exc.retry_after is not None:
@@ -304,8 +305,7 @@ class JobRunner:
         the operator status shows it; adding the bot back replays them."""
         if exc.service != "Teams" or exc.status != 403 or exc.code != "BotNotInConversationRoster":
             return False
-        ws = await self.ctx.store.get_workspace(job.workspace_id)
-        inst = await self.ctx.store.get_installation(ws.team_id) if ws and ws.team_id else None
+        inst = await self._team_of(job)
         if inst is not None and inst.installed:
             inst.installed = False
             inst.updated_at = time.time()
@@ -348,9 +348,32 @@ class JobRunner:
 
     async def _dead(self, job: Job, reason: str) -> None:
         log.error("job %s dead: %s", job.seq, reason)
+        gone = await self._team_of(job) if reason.startswith(BOT_REMOVED) else None
         await self._tell_failure(job, reason)  # while the lease is held: the notice is fenced too
         await self.ctx.store.finish_job(job.seq, self.owner, "dead", reason)
         self.metrics.jobs.labels(kind=job.kind, outcome="dead").inc()
+        if gone is not None and not gone.installed:
+            await self._replay_if_back(job, gone)
+
+    async def _replay_if_back(self, job: Job, gone: Installation) -> None:
+        """The bot added back while this job was being dead-lettered: that replay took the
+        dead letters there were, not this one, so replay it now."""
+        now = await self.ctx.store.get_installation(gone.team_id)
+        if now is not None and now.installed and await self.ctx.store.requeue_dead_jobs(job.workspace_id, [job.seq]):
+            self.wake()
+
+    async def _team_of(self, job: Job) -> Installation | None:
+        """The team the job's conversation lives in (a routing rule may have chosen one other
+        than the linked team), else the linked team."""
+        ws = await self.ctx.store.get_workspace(job.workspace_id)
+        if ws is None:
+            return None
+        portal = await self.ctx.store.get_portal(ws.id, job.partition.partition(":")[2])
+        team_id = portal.team_id if portal else None
+        if team_id is None and job.kind == "neetochat_event":  # no channel yet: where the rules send it
+            team_id = route_team(ws, job.payload["data"]["conversation"])
+        team_id = team_id or ws.team_id
+        return await self.ctx.store.get_installation(team_id) if team_id else None
 
     async def _tell_pending(self, job: Job, error: str) -> None:
         """The person who wrote it learns at the first failure that it has not reached the

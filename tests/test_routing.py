@@ -109,3 +109,27 @@ async def test_invalid_rules_are_refused_with_the_reason_and_change_nothing(conn
         assert (got, reason in body["error"]) == (status, True), (routes, body)
     _, status = await h.admin("GET", f"/api/admin/workspaces/{WS}")
     assert status["teams"]["routes"] == []
+
+
+async def test_a_routed_team_without_the_bot_holds_its_conversations_until_the_bot_is_back(connected):
+    h = connected
+    billing = await _second_team(h)
+    rule = {"when": {"prechat": {"question": "Department", "answer": "Billing"}}, "team_id": billing["id"]}
+    assert (await _routes(h, [rule]))[0] == 200
+    await h.ms.uninstall_bot(billing["id"], by_user=h.adam)
+    conv = h.neeto.start_conversation(
+        WS, visitor_name="Uma", visitor_email="uma@example.com", message="refund?",
+        prechat=[{"question": "Department", "answer": "Billing"}],
+    )
+
+    async def held():
+        _, status = await h.admin("GET", f"/api/admin/workspaces/{WS}")
+        return status["deliveries"]["failed"] == 1
+
+    await wait_for(held, what="the conversation held as failed")
+    _, letters = await h.admin("GET", f"/api/admin/workspaces/{WS}/dead-letters")
+    assert "removed from team Billing" in letters["dead_letters"][0]["reason"]
+    assert _channel_in(h, h.team_id, conv["number"]) is None, "not sent to the linked team instead"
+
+    await h.ms.install_bot(billing["id"], by_user=h.adam)  # added back: what waited goes now
+    await wait_for(lambda: _channel_in(h, billing["id"], conv["number"]), what="the channel in Billing")
