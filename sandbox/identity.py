@@ -147,6 +147,7 @@ class IdentitySandbox:
         self._clock = clock
         self.base_url = "https://127.0.0.1"
         self.apps: dict[str, RegisteredApp] = {}
+        self.removed_from: set[tuple[str, str]] = set()  # (app id, tenant id): no tokens there
         self.users: dict[str, dict[str, Any]] = {}  # by object id
         self.tenant_aliases: dict[str, str] = {BOT_FRAMEWORK_TENANT: BOT_FRAMEWORK_TENANT_ID}
         self.requests: list[dict[str, Any]] = []
@@ -184,6 +185,15 @@ class IdentitySandbox:
                             list(roles or []), redirect_uris)
         self.apps[app_id] = app
         return app
+
+    def remove_app_from_tenant(self, app_id: str, tenant_id: str) -> None:
+        """A tenant admin deletes the app's enterprise application (its service principal):
+        the app gets no more tokens for that tenant (Graph), while tokens from other tenants
+        (the Bot Framework's) still come. ``restore_app_in_tenant`` undoes it."""
+        self.removed_from.add((app_id, tenant_id))
+
+    def restore_app_in_tenant(self, app_id: str, tenant_id: str) -> None:
+        self.removed_from.discard((app_id, tenant_id))
 
     def add_tenant_alias(self, domain: str, tenant_id: str) -> None:
         self.tenant_aliases[domain.lower()] = tenant_id
@@ -442,6 +452,10 @@ class IdentitySandbox:
             raise AADError(400, "invalid_request", 90023, "The 'client_credentials' grant is not supported "
                            f"on the /{request.match_info['tenant']} endpoint; use a tenant.")
         app = self._client(request, form)
+        if (app.app_id, tenant_id) in self.removed_from:
+            raise AADError(400, "unauthorized_client", 700016, f"Application with identifier '{app.app_id}' was "
+                           f"not found in the directory '{tenant_id}'. This can happen if the application has "
+                           "not been installed by the administrator of the tenant.")
         if tenant_id not in (app.tenant, BOT_FRAMEWORK_TENANT_ID):
             raise AADError(400, "unauthorized_client", 700016, f"Application with identifier '{app.app_id}' was "
                            f"not found in the directory '{tenant_id}'.")

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from aiohttp import web
 
-from services.context import BOT_REMOVED, KEY_REFUSED, BridgeContext
+from services.context import BOT_REMOVED, KEY_REFUSED, NO_GRAPH_TOKEN, BridgeContext
 from services.errors import RemoteError
 from services.health import as_json, check_health
 from services.identities import IdentityError, override_json, person_id, set_identity
@@ -115,6 +115,22 @@ def _link_problem(ws: Workspace, installation: Installation | None) -> str | Non
         return (
             f"{BOT_REMOVED} the linked team: deliveries are held (as failed) and are "
             "replayed automatically when the app is added back to the team"
+        )
+    return None
+
+
+def _held_problem(ws: Workspace, reason: str) -> str | None:
+    """What the newest dead letter says is broken for the whole workspace, and what to do."""
+    if reason.startswith(KEY_REFUSED):
+        return (
+            f"{KEY_REFUSED}: reconnect the workspace with a new key (PUT /api/admin/workspaces/{ws.id}); "
+            "the held deliveries are then replayed in order"
+        )
+    if reason.startswith(NO_GRAPH_TOKEN):
+        return (
+            f"{NO_GRAPH_TOKEN} for the team's tenant: check that the app is still installed and consented "
+            "there and that MicrosoftAppPassword is valid; the held deliveries are replayed in order as soon "
+            "as Graph answers again (checked with every reconcile run)"
         )
     return None
 
@@ -355,18 +371,13 @@ class AdminApi:
         counts = await self.ctx.store.job_counts(ws.id)
         user = ws.authorizing_user or {}
         newest_dead = await self.ctx.store.list_dead_jobs(ws.id, limit=1)
-        key_refused = bool(newest_dead and (newest_dead[0].last_error or "").startswith(KEY_REFUSED))
+        held = (newest_dead[0].last_error or "") if newest_dead else ""
         return {
             "workspace": ws.id,
             "name": ws.name,
             "base_url": ws.base_url,
             "connected": True,
-            "problem": (
-                f"{KEY_REFUSED}: reconnect the workspace with a new key (PUT /api/admin/workspaces/{ws.id}); "
-                "the held deliveries are then replayed in order"
-            )
-            if key_refused
-            else None,
+            "problem": _held_problem(ws, held),
             "teams": {
                 "linked": bool(ws.team_id),
                 "team_id": ws.team_id,

@@ -25,6 +25,7 @@ from services.teams import TeamsPoster
 # The start of every reason a delivery waits for the bot to be added back to a team.
 BOT_REMOVED = "the bot was removed from"
 KEY_REFUSED = "neetoChat refused the integration's API key"
+NO_GRAPH_TOKEN = "Microsoft Graph gives the bridge no token"
 
 
 class NotLinked(Exception):

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import ClientSecretCredential
 from kiota_abstractions.api_error import APIError
 from kiota_abstractions.authentication import AnonymousAuthenticationProvider, AuthenticationProvider
@@ -143,6 +144,9 @@ def _remote_error(exc: APIError) -> RemoteError:
     )
 
 
+NO_TOKEN = "NoGraphToken"  # RemoteError.code: the identity platform gave no token for Graph
+
+
 @contextmanager
 def _graph_call() -> Iterator[None]:
     """Turn msgraph-sdk/httpx failures into ``RemoteError`` for the job loop."""
@@ -152,6 +156,9 @@ def _graph_call() -> Iterator[None]:
         raise _remote_error(exc) from exc
     except httpx.HTTPError as exc:
         raise RemoteError("Graph", f"{type(exc).__name__}: {exc}") from exc
+    except ClientAuthenticationError as exc:  # the identity platform refused: not a Graph answer
+        reason = (exc.message or str(exc)).strip().splitlines()[0][:300]
+        raise RemoteError("Graph", f"no token: {reason}", status=401, code=NO_TOKEN) from exc
 
 
 class GraphChannels:

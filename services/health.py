@@ -22,6 +22,7 @@ from typing import Any
 from manifest.build import RSC_PERMISSIONS
 from services.context import BridgeContext, Destination, NotLinked
 from services.errors import RemoteError
+from services.graph import NO_TOKEN
 from services.store.base import Workspace
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ async def _permissions(ctx: BridgeContext, dest: Destination) -> list[Check]:
     try:
         granted = await ctx.graph.for_tenant(dest.tenant_id).permission_grants(group_id, ctx.settings.app_id or None)
     except RemoteError as exc:
+        if exc.code == NO_TOKEN:
+            fix = (
+                "an admin of the team's Microsoft 365 tenant checks that the neetoChat app is still there "
+                "(Enterprise applications) and consented; the operator checks MicrosoftAppPassword"
+            )
+            return [Check(PERMISSIONS, False, f"the bridge gets no Graph token: {exc}", fix)]
         return [Check(PERMISSIONS, False, f"Graph did not list them: {exc}", REINSTALL)]
     missing = [p for p in RSC_PERMISSIONS if p not in granted]
     if not missing:

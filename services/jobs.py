@@ -40,9 +40,10 @@ from dialogs.health import post_problems, show_health
 from dialogs.run import run_command
 from dialogs.settings import show_settings
 from services import to_neetochat, to_teams
-from services.context import BOT_REMOVED, KEY_REFUSED, BridgeContext, NotLinked
+from services.context import BOT_REMOVED, KEY_REFUSED, NO_GRAPH_TOKEN, BridgeContext, NotLinked
 from services.errors import RemoteError
 from services.fencing import LeaseLost, current_lease
+from services.graph import NO_TOKEN
 from services.log_context import bind
 from services.metrics import Metrics
 from services.rate_limits import Throttled
@@ -224,6 +225,8 @@ class JobRunner:
                 await self._dead(job, f"{BOT_REMOVED} the team: {exc}")
             elif exc.service == "neetoChat" and exc.status == 401:
                 await self._key_refused(job, ws)
+            elif exc.service == "Graph" and exc.code == NO_TOKEN:  # held; replayed once Graph answers again
+                await self._dead(job, f"{NO_GRAPH_TOKEN}: kept, and delivered once it gets one ({exc})")
             elif exc.status == 429 and exc.retry_after is not None:
                 await self._throttled(job, exc)
             elif exc.retryable and job.attempts + 1 < self.max_attempts:
@@ -256,7 +259,7 @@ class JobRunner:
         elif job.kind == "teams_health":
             await show_health(self.ctx, ws, job.payload)
         elif job.kind == "health_check":
-            await post_problems(self.ctx, ws, job.payload)
+            await post_problems(self.ctx, ws, job.payload, self.wake)
         elif job.kind == "teams_settings":
             await show_settings(self.ctx, ws, job.payload)
         elif job.kind == "teams_edit":
@@ -394,6 +397,8 @@ class JobRunner:
             return  # nowhere in Teams to say it: the operator status does
         if reason.startswith(KEY_REFUSED) and job.kind not in TEAMS_WORK:
             return  # said once for the workspace (_key_refused), not once per event
+        if reason.startswith(NO_GRAPH_TOKEN) and job.kind not in TEAMS_WORK:
+            return  # the operator's to fix: the operator status says it (and /health)
         try:
             if job.kind in TEAMS_WORK:
                 what = TEAMS_WORK[job.kind]

@@ -138,3 +138,29 @@ async def test_every_bad_token_gets_401_and_nothing_is_processed(authenticated):
         assert resp.status in (200, 201)
     _, body = await h.admin("GET", f"/api/admin/workspaces/{WS}")
     assert body["teams"]["bot_installed"] is True
+
+
+async def test_no_graph_token_holds_channels_until_graph_answers_again(authenticated):
+    """The app removed from the team's tenant: Graph tokens stop (the Bot Framework's, from
+    botframework.com, still come). Conversations wait, the operator status says why, and the
+    next reconcile run after the fix delivers them."""
+    h = authenticated
+    if h.app_type == "SingleTenant":
+        pytest.skip("single-tenant: the bot's own token comes from that tenant too, so everything stops")
+    await h.connect()
+    h.identity.remove_app_from_tenant(h.ms.bot_app_id, h.ms.tenant_id)
+    conv = h.neeto.start_conversation(WS, visitor_name="Uli", visitor_email="uli@example.com", message="hello")
+
+    async def problem():
+        _, status = await h.admin("GET", f"/api/admin/workspaces/{WS}")
+        return status["problem"] if status["deliveries"]["failed"] else None
+
+    said = await wait_for(problem, timeout=30, what="the problem in the operator status")
+    assert "gives the bridge no token" in said and "MicrosoftAppPassword" in said
+    assert h.conversation_channel(conv["number"]) is None
+
+    h.identity.restore_app_in_tenant(h.ms.bot_app_id, h.ms.tenant_id)
+    await h.admin("POST", f"/api/admin/workspaces/{WS}/reconcile")  # what a periodic run does
+    channel = await h.wait_channel(conv["number"], timeout=30)
+    await wait_for(lambda: h.ms.posts(channel["id"]), timeout=30, what="the card in the channel")
+    assert (await problem()) is None
