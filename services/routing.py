@@ -7,11 +7,13 @@ A workspace can have rules, first match wins, else its linked team:
 - ``{"when": {"prechat": {"question": "Department", "answer": "Billing"}}, ...}``: a pre-chat
   answer (question and answer compared in any case, spaces trimmed);
 
-each with ``"team_id"`` (a team the bot is installed in, by its Teams id or Microsoft 365
-group id) and optionally ``"notification_channel_id"`` (a channel of that team; default its
-General). A conversation's channel stays where it was created: a reassignment moves nothing
-already created, but later notices (assignment notices in the notification channel) follow
-the rule as it matches then.
+each with ``"team_id"`` (a team of the workspace's organization the bot is installed in, by
+its Teams id or Microsoft 365 group id) and optionally ``"notification_channel_id"`` (a
+channel of that team; default its General). A conversation's channel stays where it was
+created: a reassignment moves nothing already created, but later notices (assignment
+notices in the notification channel) follow the rule as it matches then. Edited through the
+operator API (``services/admin.py``) and on the settings page
+(``services/web/routing_rules.py``), both checked by ``checked_routes``.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ async def checked_routes(ctx: BridgeContext, ws: Workspace, routes: Any) -> list
         inst = await ctx.store.get_installation(team_id)
         if inst is None or not inst.installed:
             raise RoutingError(422, f"{where}: the bot is not installed in team {team_id}: add the app to it first")
+        if ws.tenant_id and inst.tenant_id and inst.tenant_id != ws.tenant_id:
+            raise RoutingError(422, f"{where}: team {team_id} belongs to another Microsoft 365 organization")
         if not inst.aad_group_id:
             raise RoutingError(422, f"{where}: the team's Microsoft 365 group id is not known yet (reinstall the app)")
         channel = rule.get("notification_channel_id")

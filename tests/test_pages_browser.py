@@ -139,6 +139,53 @@ async def test_people_and_check_setup_in_the_browser(signin, page, shots):
     await page.screenshot(path=str(shots / "settings-people-check.png"), full_page=True)
 
 
+async def test_routing_rules_in_the_browser(signin, page, shots):
+    s, h = signin, signin.h
+    await s.connect_workspace()
+    await s.install()
+    billing = h.ms.add_team(name="Billing", members=[h.adam, h.ada])
+    await s.install(billing["id"])
+    desk = add_channel(h, billing["id"], "Billing desk")
+    await _sign_in(s, page)
+    await page.get_by_role("button", name="Link this team").click()
+    routing = page.locator("#routing")
+    await expect(routing.get_by_text("No rules")).to_be_visible()
+
+    await routing.get_by_label("a pre-chat answer").check()
+    await routing.get_by_label("Pre-chat question").fill("Department")
+    await routing.get_by_label("Pre-chat answer", exact=True).fill("Billing")
+    await routing.get_by_label("Send it to the team").select_option(label="Billing")
+    channel = routing.get_by_label("Channel for its notices")
+    await channel.fill("Nowhere")
+    await routing.get_by_role("button", name="Add rule").click()
+    await expect(routing.get_by_text("rule 1: Nowhere is not a channel of that team")).to_be_visible()
+    await expect(routing.get_by_label("Pre-chat question")).to_have_value("Department")  # kept
+    assert (await s.workspace()).routes is None
+    await channel.fill("billing desk")
+    await routing.get_by_role("button", name="Add rule").click()
+    await expect(page.get_by_text("Routing saved.")).to_be_visible()
+
+    await routing.get_by_label("assigned to a neetoChat team").check()
+    await routing.get_by_label("neetoChat team name").fill("Sales")
+    await routing.get_by_label("Send it to the team").select_option(label="Support")
+    await routing.get_by_role("button", name="Add rule").click()
+    for row in ("Department = Billing Billing, notices in Billing desk",
+                "neetoChat team Sales Support, notices in General"):
+        await expect(routing.get_by_role("row", name=re.compile(row))).to_be_visible()
+    box = await routing.bounding_box()  # in the viewport, scrolled to #routing
+    assert box is not None
+    top = box["y"] + await page.evaluate("window.scrollY")
+    clip = {"x": box["x"] - 24, "y": top - 8, "width": box["width"] + 48, "height": box["height"] + 24}
+    await page.screenshot(path=str(shots / "settings-routing.png"), full_page=True, clip=clip)  # the section only
+    assert [r["notification_channel_id"] for r in (await s.workspace()).routes] == [desk, None]
+
+    await routing.get_by_role("button", name="Move rule 2 up").click()
+    await expect(routing.locator("tbody tr").first).to_contain_text("neetoChat team Sales")
+    await routing.get_by_role("button", name="Remove rule 2").click()
+    await expect(routing.locator("tbody tr")).to_have_count(1)
+    assert [r["team_id"] for r in (await s.workspace()).routes] == [h.team_id]
+
+
 async def test_bot_not_installed_page_in_the_browser(signin, page, shots):
     s = signin
     await s.connect_workspace()

@@ -585,6 +585,25 @@ async def test_installation_lookup_by_either_id(store: Store):
     assert got is not None and got.aad_group_id is None
 
 
+async def test_installations_of_a_tenant_by_name_without_those_removed(store: Store):
+    assert await store.installations("tenant-1") == []
+    for team, name, tenant in (
+        ("19:b@thread.tacv2", "billing", "tenant-1"),
+        ("19:a@thread.tacv2", "Support", "tenant-1"),
+        ("19:c@thread.tacv2", "Archive", "tenant-1"),
+        ("19:o@thread.tacv2", "Other", "tenant-2"),
+        ("19:n@thread.tacv2", "No tenant", None),
+    ):
+        await store.put_installation(Installation(team, f"group-{team[3]}", tenant, "https://smba/", "19:g", name=name))
+    removed = await store.get_installation("19:c@thread.tacv2")
+    removed.installed = False
+    await store.put_installation(removed)
+    found = await store.installations("tenant-1")
+    assert [(i.team_id, i.name) for i in found] == [("19:b@thread.tacv2", "billing"), ("19:a@thread.tacv2", "Support")]
+    assert found[0] == await store.get_installation("19:b@thread.tacv2")
+    assert [i.name for i in await store.installations("tenant-2")] == ["Other"]
+
+
 # lifecycle ---------------------------------------------------------------------------
 
 

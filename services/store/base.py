@@ -203,6 +203,11 @@ class Store(abc.ABC):
     async def get_installation(self, team_id_or_group_id: str) -> Installation | None:
         """Find by Teams thread id or by AAD group id."""
 
+    @abc.abstractmethod
+    async def installations(self, tenant_id: str) -> list[Installation]:
+        """The teams of one tenant the bot is installed in now (not those it was removed
+        from), by name in any case: what the settings page offers as routing targets."""
+
     # portals -------------------------------------------------------------------------
     @abc.abstractmethod
     async def create_portal(self, portal: Portal) -> bool:

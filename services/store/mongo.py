@@ -231,6 +231,13 @@ class MongoStore(Store):
             doc = await self.db.installations.find_one({"aad_group_id": key}, sort=[("updated_at", DESCENDING)])
         return _load(Installation, doc, "team_id")
 
+    async def installations(self, tenant_id: str) -> list[Installation]:
+        found = [
+            _load(Installation, doc, "team_id")
+            async for doc in self.db.installations.find({"installed": True, "tenant_id": tenant_id})
+        ]
+        return sorted(found, key=lambda i: (i.name.casefold(), i.team_id))
+
     # portals -------------------------------------------------------------------------
     async def create_portal(self, portal: Portal) -> bool:
         now = time.time()

@@ -395,6 +395,10 @@ class SqliteStore(Store):
             )
         return _from_row(Installation, row)
 
+    async def installations(self, tenant_id: str) -> list[Installation]:
+        rows = await self._all("SELECT * FROM installations WHERE installed = 1 AND tenant_id = ?", (tenant_id,))
+        return sorted((_from_row(Installation, r) for r in rows), key=lambda i: (i.name.casefold(), i.team_id))
+
     # portals -------------------------------------------------------------------------
     async def create_portal(self, portal: Portal) -> bool:
         now = time.time()

@@ -68,6 +68,7 @@ def setup_web(app: web.Application, settings: Settings, runtime: Callable[[Mappi
             web.get("/settings", pages.settings_page),
             web.post("/settings", pages.save_settings),
             web.post("/people", pages.save_identities),
+            web.post("/routes", pages.edit_routes),
             web.post("/check-setup", pages.check_setup),
             web.post("/disconnect", pages.disconnect),
             web.get("/app-package", pages.app_package),

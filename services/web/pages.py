@@ -5,6 +5,7 @@
 Graph) → link (``services.admin.link_team``, the operator API's own logic) → the bot
 confirms in General → ``GET/POST /teams/settings`` (notification channel, update type,
 transcript on close), ``POST /teams/people`` (who writes as whom in neetoChat),
+``POST /teams/routes`` (routing rules: add, remove, move; ``services/web/routing_rules.py``),
 ``POST /teams/check-setup`` (the health checks, shown on the page) and
 ``POST /teams/disconnect``. ``POST /teams/check`` retries a link
 that waited for the app's installation; ``GET /teams/app-package`` downloads the app package.
@@ -42,10 +43,12 @@ from services.errors import RemoteError
 from services.graph import ChannelInfo
 from services.health import Check, check_health
 from services.identities import IdentityError, people, save_people
+from services.routing import RoutingError
 from services.store.base import Installation, Workspace
 from services.team_settings import SettingsError, change_settings, team_channels, team_members
 from services.web.identity import SignedInUser, SignInFailed, finish_sign_in, joined_teams, start_sign_in
 from services.web.links import LinkRefused, verify_login_link
+from services.web.routing_rules import ADD_FIELDS, edited_routes, rule_rows, save_routes
 
 log = logging.getLogger("bridge.web")
 
@@ -350,6 +353,8 @@ class Pages:
         notice: str = "",
         channels: list[ChannelInfo] | None = None,
         checks: list[Check] | None = None,
+        route_form: dict[str, str] | None = None,
+        routes_error: str = "",
     ) -> web.Response:
         ctx = self.ctx(request)
         graph_error = people_error = ""
@@ -368,6 +373,10 @@ class Pages:
                 people_error = str(exc)
         general = inst.general_channel_id if inst else None
         selected = ws.notification_channel_id or general
+        route_teams = await ctx.store.installations(ws.tenant_id) if ws.tenant_id else []
+        neeto_teams = await ctx.store.neeto_teams(ws.id)
+        known = {ws.team_id: channels} if ws.team_id and channels else {}
+        rules = await rule_rows(ctx, ws, route_teams, neeto_teams, known)
         return await self.render(
             request,
             "settings.html",
@@ -385,6 +394,11 @@ class Pages:
             agents=agents,
             people_error=people_error,
             checks=checks,
+            rules=rules,
+            route_teams=route_teams,
+            neeto_team_names=sorted(set(neeto_teams.values()), key=str.casefold),
+            route_form=route_form or {"kind": "neeto_team"},
+            routes_error=routes_error,
         )
 
     async def settings_page(self, request: web.Request) -> web.Response:
@@ -396,6 +410,8 @@ class Pages:
             notice = "Saved. New conversations follow these settings from now on."
         elif request.query.get("people"):
             notice = "People saved. Their next messages in Teams reach neetoChat as chosen."
+        elif request.query.get("routes"):
+            notice = "Routing saved. New conversations follow these rules from now on."
         return await self._settings(request, ws, inst, notice=notice)
 
     async def _linked(self, request: web.Request, form: dict[str, str]) -> tuple[Workspace, Installation]:
@@ -437,6 +453,21 @@ class Pages:
         except IdentityError as exc:
             return await self._settings(request, ws, inst, status=exc.status, error=str(exc))
         raise web.HTTPSeeOther(f"/teams/settings?workspace={quote(ws.id)}&people=1")
+
+    async def edit_routes(self, request: web.Request) -> web.Response:
+        """``POST /teams/routes``: add a rule (checked as the operator API checks it), remove
+        one or move it up or down. A refused change saves nothing; the page says why."""
+        form = await self._check_csrf(request)
+        ws, inst = await self._linked(request, form)
+        ctx = self.ctx(request)
+        try:
+            routes = await edited_routes(ctx, ws, form)
+        except RoutingError as exc:
+            kept = {k: form.get(k, "") for k in ADD_FIELDS} if form.get("action") == "add" else None
+            return await self._settings(request, ws, inst, status=exc.status, routes_error=str(exc), route_form=kept)
+        await save_routes(ctx, ws, routes)
+        log.info("workspace %s routing rules changed through the settings page (%d rules)", ws.id, len(routes))
+        raise web.HTTPSeeOther(f"/teams/settings?workspace={quote(ws.id)}&routes=1#routing")
 
     async def check_setup(self, request: web.Request) -> web.Response:
         """``POST /teams/check-setup``: the health checks (as ``/health`` in Teams), on the page."""
