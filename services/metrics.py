@@ -50,6 +50,11 @@ class Metrics:
             ["direction"],
             registry=self.registry,
         )
+        self.sharing = Gauge(
+            "bridge_rate_limit_share",
+            "Bridge instances sharing each rate limit (this instance uses 1/n of every limit)",
+            registry=self.registry,
+        )
         self.pending = Gauge("bridge_jobs_pending", "Jobs waiting to run", registry=self.registry)
         self.dead = Gauge("bridge_jobs_dead", "Dead letters (failed for good)", registry=self.registry)
         self.oldest_age = Gauge(

@@ -46,6 +46,11 @@ async def _jobs_done(h, proc: BridgeProcess) -> float:
     return sum(float(v) for v in re.findall(r'^bridge_jobs_total\{[^}]*outcome="ok"[^}]*\} (\S+)', text, re.M))
 
 
+async def _share(h, proc: BridgeProcess) -> bool:
+    async with h.http.get(f"{proc.url}/metrics") as response:
+        return re.search(r"^bridge_rate_limit_share 2\.0$", await response.text(), re.M) is not None
+
+
 def _burst(h) -> list[dict]:
     conversations = [
         h.neeto.start_conversation(WS, visitor_name=f"V{i}", visitor_email=f"v{i}@example.com", message=f"c{i} m0")
@@ -78,6 +83,8 @@ async def test_two_instances_share_the_work_and_post_everything_once(sandbox, pa
     a, b = pair
     for proc in pair:
         await proc.start(h.http)
+    for proc in pair:  # each has seen the other and takes half of every limit
+        await wait_for(lambda p=proc: _share(h, p), 10, "the limits shared")
     await h.connect()
     h.ms.delay_next(0.05, count=60, path_contains="/v3/conversations", method="POST")  # work takes time
     conversations = _burst(h)
