@@ -255,6 +255,9 @@ class JobRunner:
             else:
                 await self._dead(job, f"{type(exc).__name__}: {exc}")
         else:
+            # failed before (retried, or replayed as a dead letter): its notice says it arrived
+            if job.last_error and job.kind == "teams_message" and ws is not None:
+                await to_neetochat.report_success(self.ctx, ws, job.payload)
             await self.ctx.store.finish_job(job.seq, self.owner, "done")
             self.metrics.jobs.labels(kind=job.kind, outcome="ok").inc()
             if job.attempts:

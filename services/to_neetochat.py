@@ -126,7 +126,6 @@ async def send_message(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any
             raise Refused(str(exc)) from exc
         raise
     await ctx.store.complete_message_link(ws.id, teams_activity_id=activity_id, neeto_message_id=created["id"])
-    await _report_success(ctx, ws, payload)
     for notice in delivery.notices:  # after the message: a failed notice must not resend it
         try:
             await tell_thread(ctx, payload, f"ℹ️ {notice}")
@@ -209,8 +208,10 @@ async def report_delivery(ctx: BridgeContext, ws: Workspace, payload: dict[str, 
     await post_once(ctx, dest, payload["conversation_id"], key, channel_id, activity, thread_id=root or None)
 
 
-async def _report_success(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
-    """A message that failed before and went through now: its notice says so."""
+async def report_success(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
+    """A message that failed before and went through now: its notice says so. Called by
+    the job loop only for jobs that failed before (a first try has no notice to edit), so
+    a message delivered at once pays nothing for it."""
     link = await ctx.store.get_link_by_neeto_id(ws.id, f"delivery:{payload['activity_id']}")
     if link is None or not link.teams_activity_id:
         return

@@ -130,6 +130,22 @@ class Harness:
     async def wait_channel(self, number: int, timeout: float = 15.0) -> dict[str, Any]:
         return await wait_for(lambda: self.conversation_channel(number), timeout, f"channel for #{number}")
 
+    async def open_conversation(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A visitor called ``name`` starts a conversation ("hi"); (it, its Teams channel)."""
+        conv = self.neeto.start_conversation(
+            WS, visitor_name=name, visitor_email=f"{name.lower()}@example.com", message="hi"
+        )
+        return conv, await self.wait_channel(conv["number"])
+
+    async def reply_to(self, channel_id: str, sent: dict[str, Any], containing: str) -> dict[str, Any]:
+        """The bot's reply containing ``containing`` in the thread of the post ``sent``."""
+
+        def find():
+            post = next(p for p in self.ms.posts(channel_id) if p["id"] == sent["activity"]["id"])
+            return next((r for r in post["replies"] if containing in (r["text"] or "")), None)
+
+        return await wait_for(find, what=f"a reply containing {containing!r}")
+
     # neetoChat side ------------------------------------------------------------------------
     def from_teams(self, conversation_id: str) -> list[dict[str, Any]]:
         return [m for m in self.neeto.messages(WS, conversation_id) if m.get("source") == "teams"]

@@ -7,24 +7,11 @@ from sandbox.teams_fixtures import mention_entity
 from tests.harness import WS, wait_for
 
 
-async def _reply_to(h, channel_id: str, sent: dict, containing: str) -> dict:
-    def find():
-        post = next(p for p in h.ms.posts(channel_id) if p["id"] == sent["activity"]["id"])
-        return next((r for r in post["replies"] if containing in (r["text"] or "")), None)
-
-    return await wait_for(find, what=f"a reply containing {containing!r}")
-
-
-async def _conversation(h, name: str):
-    conv = h.neeto.start_conversation(WS, visitor_name=name, visitor_email=f"{name.lower()}@example.com", message="hi")
-    return conv, await h.wait_channel(conv["number"])
-
-
 async def test_help_lists_the_commands_and_sends_nothing_to_the_visitor(connected):
     h = connected
-    conv, channel = await _conversation(h, "Lou")
+    conv, channel = await h.open_conversation("Lou")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/help")
-    reply = await _reply_to(h, channel["id"], sent, "/assign")
+    reply = await h.reply_to(channel["id"], sent, "/assign")
     for command in ("/close", "/note", "/assign", "/unassign", "/status", "/help"):
         assert command in reply["text"]
     await h.neeto.drain_webhooks()
@@ -33,9 +20,9 @@ async def test_help_lists_the_commands_and_sends_nothing_to_the_visitor(connecte
 
 async def test_an_unknown_command_gets_the_help_instead_of_reaching_the_visitor(connected):
     h = connected
-    conv, channel = await _conversation(h, "Max")
+    conv, channel = await h.open_conversation("Max")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/closed")
-    reply = await _reply_to(h, channel["id"], sent, "/closed is not a command")
+    reply = await h.reply_to(channel["id"], sent, "/closed is not a command")
     assert "/close" in reply["text"] and "/help" in reply["text"]
     assert not h.from_teams(conv["id"])
     assert h.conversation_channel(conv["number"]) is not None, "nothing was closed"
@@ -43,7 +30,7 @@ async def test_an_unknown_command_gets_the_help_instead_of_reaching_the_visitor(
 
 async def test_assign_me_assigns_the_agent_who_wrote_it_and_unassign_undoes_it(connected):
     h = connected
-    conv, channel = await _conversation(h, "Ned")
+    conv, channel = await h.open_conversation("Ned")
     await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/assign me")
     await wait_for(
         lambda: (h.neeto.conversation(WS, conv["id"])["assignee"] or {}).get("id") == h.ada_agent["id"],
@@ -57,15 +44,15 @@ async def test_assign_me_assigns_the_agent_who_wrote_it_and_unassign_undoes_it(c
 
 async def test_assign_me_by_someone_who_is_not_an_agent_is_refused_with_the_reason(connected):
     h = connected
-    conv, channel = await _conversation(h, "Oz")
+    conv, channel = await h.open_conversation("Oz")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.olly, "/assign me")
-    await _reply_to(h, channel["id"], sent, "not a neetoChat agent")
+    await h.reply_to(channel["id"], sent, "not a neetoChat agent")
     assert h.neeto.conversation(WS, conv["id"])["assignee"] is None
 
 
 async def test_status_answers_with_the_conversation_card(connected):
     h = connected
-    conv, channel = await _conversation(h, "Pia")
+    conv, channel = await h.open_conversation("Pia")
     h.neeto.assign(WS, conv["id"], agent_id=h.ada_agent["id"])
     await wait_for(lambda: any("assigned" in (p["text"] or "") for p in h.ms.posts(channel["id"])), what="assigned")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.olly, "/status")
@@ -92,7 +79,7 @@ async def _post_mentioning(h, channel_id: str, author: dict, text: str, person: 
 
 async def test_assign_a_mentioned_agent_is_done_by_the_writer(connected):
     h = connected
-    conv, channel = await _conversation(h, "Quin")
+    conv, channel = await h.open_conversation("Quin")
     await _post_mentioning(h, channel["id"], h.adam, "/assign", h.ada)
     await wait_for(
         lambda: (h.neeto.conversation(WS, conv["id"])["assignee"] or {}).get("id") == h.ada_agent["id"],
@@ -105,9 +92,9 @@ async def test_assign_a_mentioned_agent_is_done_by_the_writer(connected):
 
 async def test_assign_a_mentioned_person_who_is_not_an_agent_says_so(connected):
     h = connected
-    conv, channel = await _conversation(h, "Rae")
+    conv, channel = await h.open_conversation("Rae")
     sent = await _post_mentioning(h, channel["id"], h.ada, "/assign", h.olly)
-    await _reply_to(h, channel["id"], sent, "Olly Outsider is not a neetoChat agent")
+    await h.reply_to(channel["id"], sent, "Olly Outsider is not a neetoChat agent")
     assert h.neeto.conversation(WS, conv["id"])["assignee"] is None
     _, status = await h.admin("GET", f"/api/admin/workspaces/{WS}")
     assert status["deliveries"]["failed"] == 0, "a command refused is answered, not kept as undelivered"
@@ -116,11 +103,11 @@ async def test_assign_a_mentioned_person_who_is_not_an_agent_says_so(connected):
 async def test_assign_team_by_name_once_the_bridge_has_seen_the_team(connected):
     h = connected
     billing = h.neeto.add_team(WS, name="Billing")
-    conv, channel = await _conversation(h, "Sam")
+    conv, channel = await h.open_conversation("Sam")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/assign team billing")
-    await _reply_to(h, channel["id"], sent, "no neetoChat team called “billing” is known")
+    await h.reply_to(channel["id"], sent, "no neetoChat team called “billing” is known")
 
-    other, _ = await _conversation(h, "Tia")
+    other, _ = await h.open_conversation("Tia")
     h.neeto.assign(WS, other["id"], team_id=billing["id"])  # the bridge learns the team from this event
     channel_of_other = h.conversation_channel(other["number"])
     await wait_for(lambda: any("Billing" in (p["text"] or "") for p in h.ms.posts(channel_of_other["id"])), what="seen")
@@ -131,7 +118,7 @@ async def test_assign_team_by_name_once_the_bridge_has_seen_the_team(connected):
 
 async def test_a_command_inside_a_sentence_is_a_message_to_the_visitor(connected):
     h = connected
-    conv, channel = await _conversation(h, "Uli")
+    conv, channel = await h.open_conversation("Uli")
     await h.ms.user_posts(h.team_id, channel["id"], h.ada, "I will /close this once you confirm")
     (sent,) = await wait_for(lambda: h.from_teams(conv["id"]), what="the message in neetoChat")
     assert sent["body"] == "I will /close this once you confirm"

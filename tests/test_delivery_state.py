@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 
 from tests.harness import WS, wait_for
-from tests.test_commands import _conversation
 
 
 def _replies(h, channel_id: str, post_id: str) -> list[dict]:
@@ -21,7 +20,7 @@ def _texts(replies: list[dict]) -> list[str]:
 
 async def test_a_message_that_fails_at_first_says_so_and_then_that_it_arrived(connected):
     h = connected
-    conv, channel = await _conversation(h, "Lea")
+    conv, channel = await h.open_conversation("Lea")
     h.neeto.fail_next(WS, status=503, method="POST", path_contains="/messages")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "Your parcel left today")
     post_id = sent["activity"]["id"]
@@ -37,7 +36,7 @@ async def test_a_message_that_fails_at_first_says_so_and_then_that_it_arrived(co
 
 async def test_a_message_that_fails_for_good_ends_with_the_reason_in_the_same_reply(connected):
     h = connected
-    conv, channel = await _conversation(h, "Max")
+    conv, channel = await h.open_conversation("Max")
     h.neeto.fail_next(WS, status=503, method="POST", path_contains="/messages")
     h.neeto.fail_next(WS, status=422, method="POST", path_contains="/messages")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "this one will not make it")
@@ -55,7 +54,7 @@ async def test_a_message_that_fails_for_good_ends_with_the_reason_in_the_same_re
 
 async def test_a_message_that_goes_through_at_once_gets_no_reply(connected):
     h = connected
-    conv, channel = await _conversation(h, "Ned")
+    conv, channel = await h.open_conversation("Ned")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "quick one")
     await wait_for(lambda: h.from_teams(conv["id"]), what="delivered")
     h.neeto.visitor_writes(WS, conv["id"], "thanks")  # a later event of the conversation: the job has finished

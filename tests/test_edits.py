@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from tests.harness import WS, post_bodies, wait_for
-from tests.test_commands import _conversation, _reply_to
 
 
 def _post_of(h, channel_id: str, text: str) -> dict | None:
@@ -59,7 +58,7 @@ async def _next_message_delivered(h, conv, channel) -> None:
 
 async def test_an_edit_in_teams_changes_what_the_visitor_sees(connected):
     h = connected
-    conv, channel = await _conversation(h, "Wen")
+    conv, channel = await h.open_conversation("Wen")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "Teh parcel left")
     (message,) = await _delivered(h, conv["id"])
 
@@ -70,14 +69,14 @@ async def test_an_edit_in_teams_changes_what_the_visitor_sees(connected):
     assert h.from_teams(conv["id"])[0]["id"] == message["id"], "edited in place, not sent again"
 
     again = await h.ms.user_edits(sent["activity"]["id"], h.ada, "/close")  # an edit never runs a command
-    await _reply_to(h, channel["id"], again, "cannot be run by editing")
+    await h.reply_to(channel["id"], again, "cannot be run by editing")
     assert h.neeto.conversation(WS, conv["id"])["status"] == "open"
     assert h.from_teams(conv["id"])[0]["body"] == "The parcel left today"
 
 
 async def test_an_edited_note_stays_internal(connected):
     h = connected
-    conv, channel = await _conversation(h, "Xia")
+    conv, channel = await h.open_conversation("Xia")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/note VIP customr")
     await _delivered(h, conv["id"])
     await h.ms.user_edits(sent["activity"]["id"], h.ada, "/note VIP customer")
@@ -88,7 +87,7 @@ async def test_an_edited_note_stays_internal(connected):
 
 async def test_a_delete_in_teams_deletes_the_message_and_its_attachment(connected):
     h = connected
-    conv, channel = await _conversation(h, "Yul")
+    conv, channel = await h.open_conversation("Yul")
     image = h.ms.upload_inline_image(b"\x89PNG\r\n\x1a\n" + bytes(300), "image/png")
     sent = await h.ms.user_posts(
         h.team_id, channel["id"], h.ada, "<p>the label</p>" + image["html"], attachments=[image["attachment"]]
@@ -104,9 +103,9 @@ async def test_a_delete_in_teams_deletes_the_message_and_its_attachment(connecte
 
 async def test_changes_to_messages_that_never_reached_neetochat_are_ignored(connected):
     h = connected
-    conv, channel = await _conversation(h, "Zed")
+    conv, channel = await h.open_conversation("Zed")
     command = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/help")
-    await _reply_to(h, channel["id"], command, "/assign")
+    await h.reply_to(channel["id"], command, "/assign")
     await h.ms.user_edits(command["activity"]["id"], h.ada, "now a message to the visitor")
     await h.ms.user_deletes(command["activity"]["id"], h.ada)
     await _next_message_delivered(h, conv, channel)
@@ -116,12 +115,12 @@ async def test_changes_to_messages_that_never_reached_neetochat_are_ignored(conn
 
 async def test_a_delete_neetochat_refuses_is_reported_in_the_thread(connected):
     h = connected
-    conv, channel = await _conversation(h, "Ari")
+    conv, channel = await h.open_conversation("Ari")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "keep me")
     await _delivered(h, conv["id"])
     h.neeto.fail_next(WS, status=409, method="DELETE", path_contains="/messages/")
     await h.ms.user_deletes(sent["activity"]["id"], h.ada)
-    await _reply_to(h, channel["id"], sent, "Could not delete this message in neetoChat")
+    await h.reply_to(channel["id"], sent, "Could not delete this message in neetoChat")
     assert [m["body"] for m in h.from_teams(conv["id"])] == ["keep me"]
 
 
@@ -129,7 +128,7 @@ async def test_an_edit_after_a_restart_finds_its_message(sandbox, process):
     h = sandbox
     await process.start(h.http)
     await h.connect()
-    conv, channel = await _conversation(h, "Bo")
+    conv, channel = await h.open_conversation("Bo")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "before the restart")
     await _delivered(h, conv["id"])
     assert await process.terminate() == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 
 from tests.harness import WS, wait_for
-from tests.test_commands import _conversation, _reply_to
 
 
 async def _health(h) -> dict:
@@ -37,7 +36,7 @@ async def test_a_healthy_setup_passes_every_check(connected):
 
 async def test_a_missing_rsc_consent_is_found_both_ways_and_posted_once(connected):
     h = connected
-    conv, channel = await _conversation(h, "Pam")
+    conv, channel = await h.open_conversation("Pam")
     h.ms.revoke_rsc(h.team_id, "ChannelMessage.Read.Group")
     checks = await _health(h)
     assert not checks["_ok"]
@@ -66,12 +65,12 @@ async def test_a_missing_rsc_consent_is_found_both_ways_and_posted_once(connecte
 async def test_health_in_the_notification_channel_and_on_the_status_card(connected):
     h = connected
     sent = await h.ms.user_posts(h.team_id, h.team_id, h.olly, "/health")
-    reply = await _reply_to(h, h.team_id, sent, "integration health")
+    reply = await h.reply_to(h.team_id, sent, "integration health")
     assert "✅" in reply["text"] and "Permissions in the team" in reply["text"]
 
-    conv, channel = await _conversation(h, "Quy")
+    conv, channel = await h.open_conversation("Quy")
     status = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/status")
-    answer = await _reply_to(h, channel["id"], status, "Integration health")
+    answer = await h.reply_to(channel["id"], status, "Integration health")
     assert "all checks pass" in answer["text"] and answer["attachments"]
 
 

@@ -17,7 +17,7 @@ from app import RUNTIME
 from tests import test_signin
 from tests.harness import WS, wait_for
 from tests.test_card_actions import _press, _started
-from tests.test_commands import _conversation, _post_mentioning, _reply_to
+from tests.test_commands import _post_mentioning
 from tests.test_reconcile import _reconcile
 
 signin = test_signin.signin  # the fixture (settings page tests), shared with tests/test_signin.py
@@ -39,7 +39,7 @@ async def test_a_non_agent_overridden_to_an_agent_writes_and_is_assigned_as_that
     h = connected
     saved = await _override(h, h.olly, h.ada_agent["id"])
     assert saved["writes_as"] == "agent" and saved["agent_id"] == h.ada_agent["id"]
-    conv, channel = await _conversation(h, "Vic")
+    conv, channel = await h.open_conversation("Vic")
     await h.ms.user_posts(h.team_id, channel["id"], h.olly, "Your parcel left today")
     (msg,) = await wait_for(lambda: h.from_teams(conv["id"]), what="Olly's message in neetoChat")
     # posted with Ada's agent id: neetoChat (and so the visitor) shows Ada's own name
@@ -61,11 +61,11 @@ async def test_assign_commands_use_the_override(connected):
     h = connected
     await _override(h, h.olly, h.ada_agent["id"])
     # /assign me by Olly: Ada
-    conv, channel = await _conversation(h, "Wes")
+    conv, channel = await h.open_conversation("Wes")
     await h.ms.user_posts(h.team_id, channel["id"], h.olly, "/assign me")
     await wait_for(lambda: _assignee(h, conv) == h.ada_agent["id"], what="/assign me as Ada")
     # /assign @Olly by Adam: Ada, assigned by Adam's agent
-    conv, channel = await _conversation(h, "Xia")
+    conv, channel = await h.open_conversation("Xia")
     await _post_mentioning(h, channel["id"], h.adam, "/assign", h.olly)
     await wait_for(lambda: _assignee(h, conv) == h.ada_agent["id"], what="/assign @Olly as Ada")
     event = [e for e in h.neeto.events(WS) if e["event"] == "conversation.assigned"][-1]
@@ -76,14 +76,14 @@ async def test_an_agent_overridden_to_the_authorizing_user_writes_as_adam(connec
     h = connected
     saved = await _override(h, h.ada, None)
     assert saved["writes_as"] == "authorizing_user" and saved["agent_id"] is None
-    conv, channel = await _conversation(h, "Zed")
+    conv, channel = await h.open_conversation("Zed")
     await h.ms.user_posts(h.team_id, channel["id"], h.ada, "Hello from the team")
     (msg,) = await wait_for(lambda: h.from_teams(conv["id"]), what="Ada's message in neetoChat")
     assert msg["sender"]["id"] == h.admin_agent["id"] and msg["sender"]["name"] == "Adam Admin"
     assert _assignee(h, conv) == h.admin_agent["id"]
     # she counts as having no agent of her own: /assign me and the buttons refuse her
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/assign me")
-    await _reply_to(h, channel["id"], sent, "not a neetoChat agent")
+    await h.reply_to(channel["id"], sent, "not a neetoChat agent")
     h.neeto.unassign(WS, conv["id"])
     notice = next(p for p in h.general_posts() if p["attachments"])  # the card of this (only) conversation
     result = await _press(h, notice, "Assign to me", h.ada)
@@ -102,7 +102,7 @@ async def test_an_override_to_a_deactivated_agent_falls_back_to_the_authorizing_
     h = connected
     await _override(h, h.olly, h.ada_agent["id"])
     h.neeto.set_agent_active(WS, h.ada_agent["id"], False)  # Ada leaves; nobody updates the override
-    conv, channel = await _conversation(h, "Bea")
+    conv, channel = await h.open_conversation("Bea")
     with caplog.at_level(logging.WARNING, logger="services.identities"):
         await h.ms.user_posts(h.team_id, channel["id"], h.olly, "Still here for you")
         (msg,) = await wait_for(lambda: h.from_teams(conv["id"]), what="Olly's message in neetoChat")
@@ -122,7 +122,7 @@ async def test_an_override_to_a_deactivated_agent_falls_back_to_the_authorizing_
 async def test_a_message_recovered_by_reconcile_is_written_as_the_override(connected):
     h = connected
     await _override(h, h.olly, h.ada_agent["id"])
-    conv, channel = await _conversation(h, "Cal")
+    conv, channel = await h.open_conversation("Cal")
     lost = await h.ms.user_posts(h.team_id, channel["id"], h.olly, "Sent while Teams was not delivering", deliver=False)
     assert lost["status"] is None
     assert await _reconcile(h) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from tests.harness import WS, post_bodies, wait_for
-from tests.test_commands import _conversation
 
 
 async def _reconcile(h) -> int:
@@ -27,7 +26,7 @@ async def _settled(h, conv, channel) -> None:
 
 async def test_a_message_teams_never_delivered_reaches_the_visitor_once(connected):
     h = connected
-    conv, channel = await _conversation(h, "Gil")
+    conv, channel = await h.open_conversation("Gil")
     lost = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "Your refund is on its way", deliver=False)
     assert lost["status"] is None  # Teams never told the bot
     await _settled(h, conv, channel)
@@ -52,7 +51,7 @@ async def test_a_message_teams_never_delivered_reaches_the_visitor_once(connecte
 
 async def test_messages_whose_webhooks_were_lost_are_posted_in_order_once(connected):
     h = connected
-    conv, channel = await _conversation(h, "Hal")
+    conv, channel = await h.open_conversation("Hal")
     h.neeto.lose_webhooks(WS, 2)
     h.neeto.visitor_writes(WS, conv["id"], "is anyone there?")
     h.neeto.agent_writes(WS, conv["id"], h.ada_agent["id"], "VIP: call back", internal=True)
@@ -71,7 +70,7 @@ async def test_messages_whose_webhooks_were_lost_are_posted_in_order_once(connec
 
 async def test_a_close_whose_webhook_was_lost_deletes_the_channel(connected):
     h = connected
-    conv, channel = await _conversation(h, "Ivo")
+    conv, channel = await h.open_conversation("Ivo")
     h.neeto.lose_webhooks(WS, 1)
     h.neeto.close(WS, conv["id"], actor_agent_id=h.ada_agent["id"])
     assert h.conversation_channel(conv["number"]) is not None
@@ -82,7 +81,7 @@ async def test_a_close_whose_webhook_was_lost_deletes_the_channel(connected):
 @pytest.mark.bridge_env(RECONCILE_INTERVAL_SECONDS="0.5")
 async def test_gaps_are_healed_without_anyone_asking(connected):
     h = connected
-    conv, channel = await _conversation(h, "Jo")
+    conv, channel = await h.open_conversation("Jo")
     h.neeto.lose_webhooks(WS, 1)
     h.neeto.visitor_writes(WS, conv["id"], "hello? still there?")
     await h.ms.user_posts(h.team_id, channel["id"], h.ada, "yes, one moment", deliver=False)
@@ -94,7 +93,7 @@ async def test_what_happened_while_the_bridge_was_down_arrives_after_the_restart
     h = sandbox
     await process.start(h.http)
     await h.connect()
-    conv, channel = await _conversation(h, "Kai")
+    conv, channel = await h.open_conversation("Kai")
     assert await process.terminate() == 0
     h.neeto.lose_webhooks(WS, 1)  # neetoChat gave up on the bridge while it was down
     h.neeto.visitor_writes(WS, conv["id"], "written while you were down")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 
 from tests.harness import WEBHOOK_SECRET, WS, post_bodies, wait_for
-from tests.test_commands import _conversation
 
 NEW_KEY = "nc-api-key-acme-regenerated"
 
@@ -18,7 +17,7 @@ def _general_notices(h) -> list[str]:
 
 async def test_a_refused_api_key_holds_everything_until_the_workspace_is_reconnected(connected):
     h = connected
-    conv, channel = await _conversation(h, "Ola")
+    conv, channel = await h.open_conversation("Ola")
     h.neeto.set_api_key(WS, NEW_KEY)  # an admin regenerated the key in neetoChat
 
     first = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "first while the key is refused")

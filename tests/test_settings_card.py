@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from tests.harness import WS, wait_for
-from tests.test_commands import _conversation, _reply_to
 from tests.test_signin import add_channel
 
 
@@ -17,7 +16,7 @@ def _text(card: dict) -> str:
 async def _settings_card(h) -> dict:
     """Someone writes /settings in General (the default notification channel)."""
     sent = await h.ms.user_posts(h.team_id, h.team_id, h.ada, "/settings")
-    reply = await _reply_to(h, h.team_id, sent, "")
+    reply = await h.reply_to(h.team_id, sent, "")
     return await wait_for(lambda: reply if reply["attachments"] else None, what="the settings card")
 
 
@@ -90,7 +89,7 @@ async def test_an_owner_cannot_pick_a_channel_of_another_team(connected):
 
 async def test_settings_in_a_conversation_channel_points_to_the_notification_channel(connected):
     h = connected
-    conv, channel = await _conversation(h, "Oli")
+    conv, channel = await h.open_conversation("Oli")
     sent = await h.ms.user_posts(h.team_id, channel["id"], h.ada, "/settings")
-    await _reply_to(h, channel["id"], sent, "write /settings there")
+    await h.reply_to(channel["id"], sent, "write /settings there")
     assert not h.from_teams(conv["id"])
