@@ -6,7 +6,9 @@ SIGTERM drains in-flight jobs before the store closes.
 
 Data path: ``/api/neetochat/{ws}/webhooks`` → ``services/webhooks.py`` → stored job →
 ``services/jobs.py`` → ``services/to_teams.py``; and ``/api/messages`` →
-``bots/teams_bot.py`` → stored job → ``services/to_neetochat.py``.
+``bots/teams_bot.py`` (a new message in a conversation channel: stored first by
+``bots/channel_inbox.py``, then the bot's turn in the job loop) → stored job →
+``services/to_neetochat.py``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import orjson
 import requests
 from aiohttp import web
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import Activity
+from botbuilder.schema import Activity, ChannelAccount, ConversationReference
 from botframework.connector.auth import AuthenticationConstants
+from msrest.exceptions import DeserializationError
 
+from bots.channel_inbox import ChannelInbox
 from bots.teams_bot import TeamsBot
 from services import openid_keys
 from services.admin import AdminApi
@@ -86,6 +92,7 @@ class Runtime:
     runner: JobRunner
     adapter: CloudAdapter
     bot: TeamsBot
+    inbox: ChannelInbox
     receiver: WebhookReceiver
     admin: AdminApi
     metrics: Metrics
@@ -140,11 +147,14 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
     )
     reconciler = Reconciler(store, runner.wake, interval=settings.reconcile_interval, batch=settings.reconcile_batch)
     runner.on_recovered = reconciler.poke  # deliveries work again after failures: look for gaps
+    bot = TeamsBot(ctx, adapter, runner.wake, reconciler.poke)
+    runner.replay = bot.replay
     app[RUNTIME] = Runtime(
         ctx=ctx,
         runner=runner,
         adapter=adapter,
-        bot=TeamsBot(ctx, runner.wake, reconciler.poke),
+        bot=bot,
+        inbox=ChannelInbox(store, runner.wake),
         receiver=WebhookReceiver(store, box, runner.wake, metrics, ctx.observed.webhook_at),
         admin=AdminApi(ctx, runner.wake, reconciler),
         metrics=metrics,
@@ -176,30 +186,56 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
 async def messages(request: web.Request) -> web.StreamResponse:
     """Bot Framework activities. botbuilder validates the JWT (issuer, audience, signing
     keys, serviceUrl claim); every way that can fail is a 401 here, though botbuilder
-    raises different exceptions for them, and nothing is processed."""
+    raises different exceptions for them, and nothing is processed. A new message in a
+    conversation channel is then stored and acknowledged before botbuilder parses the
+    whole activity (``bots/channel_inbox.py``); anything else is a turn here."""
     rt = request.app[RUNTIME]
     if "application/json" not in request.headers.get("Content-Type", ""):
         return web.json_response({"error": "expected application/json"}, status=415)
     try:
-        activity = Activity().deserialize(await request.json())
-    except ValueError:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
         return web.json_response({"error": "the body is not JSON"}, status=400)
-    if not activity.type:
+    if not isinstance(body, dict) or not body.get("type") or not isinstance(body["type"], str):
         return web.json_response({"error": "not an activity"}, status=400)
     try:
         auth = await rt.adapter.bot_framework_authentication.authenticate_request(
-            activity, request.headers.get("Authorization", "")
+            _envelope(body), request.headers.get("Authorization", "")
         )
     except requests.RequestException as exc:  # the signing keys could not be fetched: retry later
         log.error("could not fetch Bot Framework signing keys: %s", exc)
         return web.json_response({"error": "authentication unavailable"}, status=503)
+    except DeserializationError:
+        return web.json_response({"error": "not an activity"}, status=400)
     except Exception as exc:
         log.warning("activity refused: %s: %s", type(exc).__name__, str(exc)[:200])
         return web.json_response({"error": "unauthorized"}, status=401)
+    if await rt.inbox.take(body):
+        return web.Response(status=201)
+    try:
+        activity = Activity().deserialize(body)
+    except DeserializationError:
+        return web.json_response({"error": "not an activity"}, status=400)
     invoke = await rt.adapter.process_activity(auth, activity, rt.bot.on_turn)
     if invoke:
         return web.json_response(invoke.body, status=invoke.status)
     return web.Response(status=201)
+
+
+def _envelope(body: dict[str, Any]) -> Activity:
+    """What botbuilder's authentication reads of an activity (channel, service URL, and for
+    the Emulator's skill calls the recipient's role and relatesTo), without parsing the rest:
+    msrest takes longer over those few fields than over building them."""
+    recipient = body.get("recipient")
+    return Activity(
+        type=body["type"],
+        channel_id=body.get("channelId"),
+        service_url=body.get("serviceUrl"),
+        recipient=ChannelAccount(id=recipient.get("id"), role=recipient.get("role"))
+        if isinstance(recipient, dict)
+        else None,
+        relates_to=ConversationReference().deserialize(body["relatesTo"]) if body.get("relatesTo") else None,
+    )
 
 
 async def webhooks(request: web.Request) -> web.Response:

@@ -329,7 +329,8 @@ async def bridge_check(world: World, ids: list[str], result: _load.WrkResult, ti
     all_ids = set(ids)
     prefix = f"act:{WS}:"
     jobs = [(k[len(prefix) :], kind, status) for k, kind, status in world.stored() if k.startswith(prefix)]
-    ours = [(a, status) for a, kind, status in jobs if kind == "teams_message" and a in all_ids]
+    # stored as received (``teams_activity``, bots/channel_inbox.py), or as the bot's work
+    ours = [(a, status) for a, kind, status in jobs if kind in ("teams_activity", "teams_message") and a in all_ids]
     check.stored = len(ours)
     check.statuses = collections.Counter(status for _, status in ours)
     check.unknown = sum(1 for a, _ in ours if a not in sent)

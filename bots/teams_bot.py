@@ -1,9 +1,11 @@
 """The Teams activity handler: thin on purpose.
 
 It records installations, and turns a message in a conversation channel into a stored job
-(``services/inbox.py``); delivery to neetoChat happens after the activity is acknowledged
-(``services/to_neetochat.py``), so a slow or failing neetoChat never makes Teams retry or
-time out, and nothing written in Teams is lost.
+(``services/inbox.py``); a new message there reaches it from the job loop
+(``bots/channel_inbox.py``: stored as received and acknowledged first). Delivery to
+neetoChat happens after the activity is acknowledged (``services/to_neetochat.py``), so a
+slow or failing neetoChat never makes Teams retry or time out, and nothing written in Teams
+is lost.
 """
 
 from __future__ import annotations
@@ -13,22 +15,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from botbuilder.core import TurnContext
+from botbuilder.core import BotAdapter, TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
-from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, ChannelAccount
+from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue, ChannelAccount
 from botbuilder.schema.teams import ChannelInfo, TeamInfo
+from msrest.exceptions import DeserializationError
 
 from cards.settings import VERBS as SETTINGS_VERBS
 from dialogs.commands import channel_work, parse_command
 from dialogs.settings import handle_settings_action
 from services.card_actions import handle_card_action
 from services.context import BOT_REMOVED, BridgeContext
-from services.inbox import store_teams_work
+from services.inbox import teams_work
 from services.log_context import bind
-from services.store.base import Installation, Portal
+from services.store.base import Installation, Job, Portal
 from services.teams_content import mentioned_people, read_activity
+from services.to_neetochat import Refused
 
 log = logging.getLogger(__name__)
+
+REPLAYED_WORK = "bridge.replayed_work"  # turn_state: where a replayed turn's work goes
 
 
 def _channel_data(activity) -> dict[str, Any]:
@@ -38,9 +44,14 @@ def _channel_data(activity) -> dict[str, Any]:
 
 class TeamsBot(TeamsActivityHandler):
     def __init__(
-        self, ctx: BridgeContext, on_enqueued: Callable[[], None], on_reconnected: Callable[[str], None]
+        self,
+        ctx: BridgeContext,
+        adapter: BotAdapter,
+        on_enqueued: Callable[[], None],
+        on_reconnected: Callable[[str], None],
     ) -> None:
         self.ctx = ctx
+        self.adapter = adapter
         self.store = ctx.store
         self.on_enqueued = on_enqueued
         self.on_reconnected = on_reconnected  # a workspace's team has the bot back: look for gaps
@@ -48,6 +59,22 @@ class TeamsBot(TeamsActivityHandler):
     async def on_turn(self, turn_context: TurnContext) -> None:
         bind(activity=turn_context.activity.id)  # on every log line of this turn
         await super().on_turn(turn_context)
+
+    async def replay(self, activity: dict[str, Any]) -> list[Job]:
+        """A message stored as Teams sent it (``bots/channel_inbox.py``), taken as a turn
+        now: botbuilder parses it and this handler decides what it asks for, exactly as on
+        arrival, but hands that work back to the job loop (which runs it in place of the
+        stored message) instead of storing it. Nothing is sent within such a turn: replies
+        go through the delivery engine."""
+        try:
+            parsed = Activity().deserialize(activity)
+        except DeserializationError as exc:
+            raise Refused(f"botbuilder cannot read this activity: {exc}") from None
+        turn_context = TurnContext(self.adapter, parsed)
+        work: list[Job] = []
+        turn_context.turn_state[REPLAYED_WORK] = work
+        await self.on_turn(turn_context)
+        return work
 
     # card buttons ----------------------------------------------------------------------
     async def on_adaptive_card_invoke(
@@ -88,10 +115,8 @@ class TeamsBot(TeamsActivityHandler):
             return
         payload = {"channel_id": channel_info.id}
         activity_id = turn_context.activity.id
-        if await store_teams_work(
-            self.store, "channel_deleted", portal.workspace_id, portal.conversation_id, activity_id, payload
-        ):
-            self.on_enqueued()
+        job = teams_work("channel_deleted", portal.workspace_id, portal.conversation_id, activity_id, payload)
+        await self._store(turn_context, job)
 
     async def _installed(self, turn_context: TurnContext, installed: bool) -> None:
         activity = turn_context.activity
@@ -135,7 +160,7 @@ class TeamsBot(TeamsActivityHandler):
         activity = turn_context.activity
         found = await self._conversation_of(activity)
         if found is None:
-            await self._settings_command(activity)
+            await self._settings_command(turn_context)
             return
         portal, data, channel_id = found
         # The text/html attachment when Teams sent one (mentions, emoji, quotes, images);
@@ -146,12 +171,13 @@ class TeamsBot(TeamsActivityHandler):
         payload.update(extra)
         if kind == "teams_command":
             payload["mentions"] = mentioned_people(activity)
-        if await store_teams_work(self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload):
-            self.on_enqueued()
+        job = teams_work(kind, portal.workspace_id, portal.conversation_id, activity.id, payload)
+        await self._store(turn_context, job)
 
-    async def _settings_command(self, activity) -> None:
+    async def _settings_command(self, turn_context: TurnContext) -> None:
         """``/settings`` or ``/health`` posted in a linked workspace's notification channel
         (anything else there is people talking to each other, not to the bridge)."""
+        activity = turn_context.activity
         if not (activity.text or "").lstrip().startswith(("/", "<")) or _from_bot(activity):
             return  # cheap exit for the common case: ordinary chat
         text, _ = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
@@ -164,8 +190,7 @@ class TeamsBot(TeamsActivityHandler):
         for ws in await self.store.workspaces_linked_to([team_id]):
             if channel_id == (ws.notification_channel_id or team_id):  # unset: General, whose id is the team's
                 payload = _origin(activity, data, channel_id, team_id)
-                if await store_teams_work(self.store, kind, ws.id, "_workspace", activity.id, payload):
-                    self.on_enqueued()
+                await self._store(turn_context, teams_work(kind, ws.id, "_workspace", activity.id, payload))
 
     async def on_teams_message_edit(self, turn_context: TurnContext) -> None:
         await self._store_change(turn_context, "teams_edit")
@@ -186,9 +211,15 @@ class TeamsBot(TeamsActivityHandler):
         if kind == "teams_edit":  # each edit is its own job: the id is the message's
             payload["text"], _ = read_activity(activity, TurnContext.remove_recipient_mention(activity) or "")
             change = f"edit:{activity.timestamp.isoformat() if activity.timestamp else payload['text']}"
-        if await store_teams_work(
-            self.store, kind, portal.workspace_id, portal.conversation_id, activity.id, payload, change
-        ):
+        job = teams_work(kind, portal.workspace_id, portal.conversation_id, activity.id, payload, change)
+        await self._store(turn_context, job)
+
+    async def _store(self, turn_context: TurnContext, job: Job) -> None:
+        """Store the work the activity asks for; a replayed turn hands it back instead."""
+        handed_back = turn_context.turn_state.get(REPLAYED_WORK)
+        if handed_back is not None:
+            handed_back.append(job)
+        elif await self.store.enqueue(job):
             self.on_enqueued()
 
     async def _conversation_of(self, activity) -> tuple[Portal, dict[str, Any], str] | None:

@@ -34,30 +34,37 @@ async def store_event(store: Store, workspace_id: str, event: dict[str, Any]) ->
     )
 
 
-async def store_teams_work(
-    store: Store,
+def teams_work(
     kind: str,
     workspace_id: str,
     conversation_id: str,
     activity_id: str,
     payload: dict[str, Any],
     change: str = "",
-) -> bool:
-    """Store what a Teams activity asks of a conversation (``teams_message``,
-    ``teams_close``, ``channel_deleted``, ...); False if this activity was stored before
-    (Teams redelivers). Edits and deletes carry the changed message's id as their activity
-    id, so ``change`` (e.g. ``edit:<timestamp>``) tells them from the post and each other."""
-    return await store.enqueue(
-        Job(
-            seq=0,
-            kind=kind,
-            workspace_id=workspace_id,
-            partition=partition_for(workspace_id, conversation_id),
-            dedupe_key=f"act:{workspace_id}:{activity_id}" + (f":{change}" if change else ""),
-            payload={"conversation_id": conversation_id, "activity_id": activity_id, **payload},
-            created_at=time.time(),
-        )
+) -> Job:
+    """The job for what a Teams activity asks of a conversation (``teams_message``,
+    ``teams_close``, ``channel_deleted``, ...). Its dedupe key is the activity id, so Teams'
+    redeliveries and reconcile's finds are stored once. Edits and deletes carry the changed
+    message's id as their activity id, so ``change`` (e.g. ``edit:<timestamp>``) tells them
+    from the post and each other."""
+    return Job(
+        seq=0,
+        kind=kind,
+        workspace_id=workspace_id,
+        partition=partition_for(workspace_id, conversation_id),
+        dedupe_key=f"act:{workspace_id}:{activity_id}" + (f":{change}" if change else ""),
+        payload={"conversation_id": conversation_id, "activity_id": activity_id, **payload},
+        created_at=time.time(),
     )
+
+
+async def store_teams_activity(store: Store, workspace_id: str, conversation_id: str, activity: dict[str, Any]) -> bool:
+    """Store a new Teams message as received, for the job loop to take as the bot's turn
+    (``bots/channel_inbox.py``); False if this activity was stored before. Its key is the
+    one the turn's work has (``teams_work``): the job becomes that work when it runs, so a
+    message reconcile found meanwhile is still stored, and delivered, once."""
+    job = teams_work("teams_activity", workspace_id, conversation_id, activity["id"], {"activity": activity})
+    return await store.enqueue(job)
 
 
 async def store_link_confirmation(store: Store, workspace_id: str, link_id: str) -> bool:

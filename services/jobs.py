@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from cards import notices
 from dialogs.health import post_problems, show_health
@@ -97,6 +99,8 @@ class JobRunner:
         # Told the workspace of a job that succeeded after failing: an outage ended, and
         # what it made either side drop is looked for (services/reconcile.py).
         self.on_recovered: Callable[[str], None] = lambda workspace_id: None
+        # A stored Teams message → the work its turn asks for (TeamsBot.replay), set by the app.
+        self.replay: Callable[[dict[str, Any]], Awaitable[list[Job]]] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], int] = {}
@@ -226,6 +230,8 @@ class JobRunner:
         try:
             ws = await self.ctx.store.get_workspace(job.workspace_id)
             if ws is not None:  # else disconnected since: nothing to deliver to
+                if job.kind == "teams_activity":
+                    job = await self._work_of(job)
                 await self._dispatch(job, ws)
         except LeaseLost:
             log.warning("job %s given up: another instance holds it now", job.seq, extra=extra)
@@ -263,9 +269,25 @@ class JobRunner:
             if job.attempts:
                 self.on_recovered(job.workspace_id)
 
+    async def _work_of(self, job: Job) -> Job:
+        """A stored Teams message (``bots/channel_inbox.py``) as the work the bot's turn
+        asks for: this job, with that work's kind and payload (in memory: a retry takes the
+        turn again). Work for anywhere else is stored as the turn would have stored it."""
+        if self.replay is None:
+            raise to_neetochat.Refused("no bot to take this Teams message")
+        mine = job
+        for work in await self.replay(job.payload["activity"]):
+            if work.dedupe_key == job.dedupe_key and work.partition == job.partition:
+                mine = dataclasses.replace(job, kind=work.kind, payload=work.payload)
+            elif await self.ctx.store.enqueue(work):
+                self.wake()
+        return mine
+
     async def _dispatch(self, job: Job, ws: Workspace) -> None:
         if job.kind == "neetochat_event":
             await to_teams.handle_event(self.ctx, ws, job.payload)
+        elif job.kind == "teams_activity":
+            pass  # the message asked for nothing (its conversation closed since, say)
         elif job.kind == "teams_message":
             await to_neetochat.send_message(self.ctx, ws, job.payload)
         elif job.kind == "teams_close":

@@ -36,7 +36,7 @@ from typing import Any
 from dialogs.commands import channel_work
 from services.context import BridgeContext, Destination
 from services.graph import PersonPost
-from services.inbox import partition_for, store_teams_work
+from services.inbox import partition_for, teams_work
 from services.store.base import Job, Portal, Store, Workspace
 from services.teams_content import read_activity
 from services.to_teams import close_portal, deliver_message, refresh_cards
@@ -111,7 +111,7 @@ async def _missing_in_neetochat(ctx: BridgeContext, dest: Destination, portal: P
         if post.created > settled_before:
             continue
         kind, payload = _job_for(ctx, dest, portal, post)
-        if await store_teams_work(ctx.store, kind, portal.workspace_id, portal.conversation_id, post.id, payload):
+        if await ctx.store.enqueue(teams_work(kind, portal.workspace_id, portal.conversation_id, post.id, payload)):
             healed += 1
     return healed
 
