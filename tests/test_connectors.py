@@ -1,13 +1,16 @@
 """Connector clients are built once and reused: botbuilder would build two clients (about
-6 ms of CPU) for every activity and every proactive call (docs/performance.md)."""
+6 ms of CPU) for every activity and every proactive call (docs/performance.md). A token
+botbuilder verified is not verified again for the same channel and service URL until it
+expires; a refused one is checked every time."""
 
 from __future__ import annotations
 
+import pytest
 from botbuilder.integration.aiohttp import ConfigurationBotFrameworkAuthentication
 from botbuilder.schema import Activity
-from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
+from botframework.connector.auth import AuthenticateRequestResult, AuthenticationConstants, ClaimsIdentity
 
-from services.connectors import ReusingBotFrameworkAuthentication
+from services.connectors import VERIFIED_TTL, ReusingBotFrameworkAuthentication
 
 
 class _Config:
@@ -48,3 +51,55 @@ async def test_an_incoming_activity_gets_the_kept_client():
         assert client1 is client2
     finally:
         await auth.close()
+
+
+class _CountingAuth:
+    """Stands in for botbuilder's authentication: counts the verifications it is asked for."""
+
+    def __init__(self, expires: float) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+        self.expires = expires
+
+    async def authenticate_request(self, activity, auth_header: str) -> AuthenticateRequestResult:
+        self.calls.append((auth_header, activity.service_url))
+        if auth_header == "Bearer forged":
+            raise PermissionError("signature verification failed")
+        result = AuthenticateRequestResult()
+        result.claims_identity = ClaimsIdentity({"aud": "bot", "exp": self.expires}, True)
+        result.connector_factory = None
+        return result
+
+
+async def test_a_verified_token_is_reused_until_it_expires_and_a_refused_one_is_never():
+    now = [1_000_000.0]
+    inner = _CountingAuth(expires=now[0] + 120)
+    auth = ReusingBotFrameworkAuthentication(inner, clock=lambda: now[0])
+    amer = Activity(type="message", channel_id="msteams", service_url="https://smba.example/amer/")
+    emea = Activity(type="message", channel_id="msteams", service_url="https://smba.example/emea/")
+
+    first = await auth.authenticate_request(amer, "Bearer good")
+    again = await auth.authenticate_request(amer, "Bearer good")
+    assert len(inner.calls) == 1, "the same token for the same service URL is verified once"
+    assert again is not first and again.claims_identity.claims == first.claims_identity.claims
+
+    await auth.authenticate_request(emea, "Bearer good")  # the serviceUrl claim is checked for each URL
+    assert len(inner.calls) == 2
+
+    for _ in range(2):
+        with pytest.raises(PermissionError):
+            await auth.authenticate_request(amer, "Bearer forged")
+    assert inner.calls.count(("Bearer forged", amer.service_url)) == 2, "a refusal is never kept"
+
+    now[0] += 121  # past the token's exp: botbuilder decides again (and would refuse it)
+    await auth.authenticate_request(amer, "Bearer good")
+    assert inner.calls.count(("Bearer good", amer.service_url)) == 2
+
+    inner.expires = now[0] + 3600  # a long-lived token is re-verified after VERIFIED_TTL at most
+    await auth.authenticate_request(amer, "Bearer long")
+    now[0] += VERIFIED_TTL + 1
+    await auth.authenticate_request(amer, "Bearer long")
+    assert inner.calls.count(("Bearer long", amer.service_url)) == 2
+
+    await auth.authenticate_request(amer, "")
+    await auth.authenticate_request(amer, "")
+    assert inner.calls.count(("", amer.service_url)) == 2, "no header: nothing to keep"
