@@ -184,12 +184,17 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    with rt.runner.taking_in():
+        return await _take_activity(request, rt)
+
+
+async def _take_activity(request: web.Request, rt: Runtime) -> web.StreamResponse:
     """Bot Framework activities. botbuilder validates the JWT (issuer, audience, signing
     keys, serviceUrl claim); every way that can fail is a 401 here, though botbuilder
     raises different exceptions for them, and nothing is processed. A new message in a
     conversation channel is then stored and acknowledged before botbuilder parses the
     whole activity (``bots/channel_inbox.py``); anything else is a turn here."""
-    rt = request.app[RUNTIME]
     if "application/json" not in request.headers.get("Content-Type", ""):
         return web.json_response({"error": "expected application/json"}, status=415)
     try:
@@ -239,7 +244,9 @@ def _envelope(body: dict[str, Any]) -> Activity:
 
 
 async def webhooks(request: web.Request) -> web.Response:
-    return await request.app[RUNTIME].receiver.handle(request)
+    rt = request.app[RUNTIME]
+    with rt.runner.taking_in():
+        return await rt.receiver.handle(request)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -34,7 +34,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from cards import notices
@@ -56,6 +56,11 @@ from services.store.base import Installation, Job, Workspace
 log = logging.getLogger(__name__)
 
 SHARE_REFRESH = 1.0  # seconds between looks at how many instances share the rate limits
+# A flood: this many webhooks and activities being taken in at once. Until it passes, the
+# loop keeps at most FLOOD_CONCURRENCY jobs running, so acknowledgements (which neetoChat
+# and Teams time out on) get the CPU first; what they stored is delivered right after.
+FLOOD_INTAKE = 8
+FLOOD_CONCURRENCY = 2
 
 # Jobs from a message written in Teams → what failed, as told in that message's thread.
 TEAMS_WORK = {
@@ -101,6 +106,7 @@ class JobRunner:
         self.on_recovered: Callable[[str], None] = lambda workspace_id: None
         # A stored Teams message → the work its turn asks for (TeamsBot.replay), set by the app.
         self.replay: Callable[[dict[str, Any]], Awaitable[list[Job]]] | None = None
+        self.intake = 0  # webhook and activity requests being handled now (``taking_in``)
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], int] = {}
@@ -114,6 +120,22 @@ class JobRunner:
     def wake(self) -> None:
         """New work was stored: look now instead of at the next poll."""
         self._wake.set()
+
+    @property
+    def running(self) -> int:
+        """Jobs this instance is running now."""
+        return len(self._in_flight)
+
+    @contextlib.contextmanager
+    def taking_in(self) -> Iterator[None]:
+        """Around a request that brings work in: the loop yields to a flood of them."""
+        self.intake += 1
+        try:
+            yield
+        finally:
+            self.intake -= 1
+            if self.intake == FLOOD_INTAKE - 1:
+                self._wake.set()  # the flood may be over: start the jobs it held back
 
     async def start(self) -> None:
         freed = await self.ctx.store.release_leases(f"{self.instance}/")
@@ -185,7 +207,8 @@ class JobRunner:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            free = self.concurrency - len(self._in_flight)
+            flood = self.intake >= FLOOD_INTAKE
+            free = (FLOOD_CONCURRENCY if flood else self.concurrency) - len(self._in_flight)
             jobs = []
             looked_at = self.clock()
             self._looked_at = time.monotonic()

@@ -3,12 +3,15 @@ faults, a slow Teams while webhooks keep coming, and deliveries that fail for go
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
 import pytest
 
 from app import RUNTIME
-from tests.harness import WS, wait_for
+from services.jobs import FLOOD_CONCURRENCY, FLOOD_INTAKE
+from tests.harness import WS, post_bodies, wait_for
 
 # Teams' published limits with every window 10× shorter, in the bridge and in the sandbox
 # alike: the same shape, a tenth of the waiting.
@@ -130,9 +133,43 @@ async def test_a_message_teams_refuses_for_good_is_reported_in_the_notification_
         what="the failure notice in General",
     )
     assert f"#{conv['number']}" in notice["text"]
+
     async def dead_letters():
         _, body = await h.admin("GET", f"/api/admin/workspaces/{WS}/dead-letters")
         return body["dead_letters"]
 
     [dead] = await wait_for(dead_letters, what="the dead letter")  # recorded right after the notice
     assert "400" in dead["reason"]
+
+
+async def test_a_flood_of_incoming_work_runs_delivery_two_at_a_time_until_it_passes(connected):
+    """While many webhooks and activities are being taken in at once, the job loop runs at
+    most FLOOD_CONCURRENCY jobs, so the acknowledgements get the CPU; then full speed."""
+    h = connected
+    runner = h.app[RUNTIME].runner
+    conversations = [(await h.open_conversation(name))[0] for name in ("Ana", "Bo", "Cy", "Di")]
+    await _idle(h)
+
+    async def most_running_until(text: str) -> int:
+        """The most jobs running at once until ``text`` is posted in every channel."""
+        delivered = lambda: all(  # noqa: E731
+            text in post_bodies(h.ms.posts(h.conversation_channel(c["number"])["id"])) for c in conversations
+        )
+        most = 0
+        while not delivered():
+            most = max(most, runner.running)
+            await asyncio.sleep(0)  # sampling while the bridge works, not waiting for it
+        return most
+
+    h.ms.delay_next(0.5, count=4, method="POST", path_contains="/v3/conversations")  # posts overlap
+    with contextlib.ExitStack() as flood:
+        for _ in range(FLOOD_INTAKE):  # as many requests being taken in at once
+            flood.enter_context(runner.taking_in())
+        for conv in conversations:
+            h.neeto.visitor_writes(WS, conv["id"], "during the flood")
+        assert await most_running_until("during the flood") == FLOOD_CONCURRENCY
+
+    h.ms.delay_next(0.5, count=4, method="POST", path_contains="/v3/conversations")
+    for conv in conversations:
+        h.neeto.visitor_writes(WS, conv["id"], "after the flood")
+    assert await most_running_until("after the flood") == len(conversations)
