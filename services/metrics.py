@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -25,6 +26,7 @@ CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._webhook_counters: dict[tuple[str, str], Any] = {}
         self.webhooks = Counter(
             "bridge_webhooks_total",
             "neetoChat webhooks received, by outcome (stored, duplicate, rejected) and rejection reason",
@@ -68,7 +70,10 @@ class Metrics:
         )
 
     def webhook(self, outcome: str, reason: str = "") -> None:
-        self.webhooks.labels(outcome=outcome, reason=reason).inc()
+        counter = self._webhook_counters.get((outcome, reason))
+        if counter is None:  # prometheus_client's labels() lookup costs more than the count
+            counter = self._webhook_counters[(outcome, reason)] = self.webhooks.labels(outcome=outcome, reason=reason)
+        counter.inc()
 
     @contextlib.asynccontextmanager
     async def call(self, service: str, operation: str) -> AsyncIterator[None]:

@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from cachetools import TTLCache
 
 from services.crypto import SecretBox
 from services.inbox import store_event
@@ -106,16 +105,19 @@ class WebhookReceiver:
         self.metrics = metrics
         self.clock = clock
         self._secrets: dict[str, str] = {}  # ciphertext → secret: decrypt once, not per request
-        self._workspaces: TTLCache[str, Workspace] = TTLCache(maxsize=10_000, ttl=WORKSPACE_TTL, timer=time.monotonic)
+        # workspace id → (it, when read): a plain dict, as cachetools' TTLCache cost more per
+        # request than the rest of this lookup; bounded by the workspaces that exist.
+        self._workspaces: dict[str, tuple[Workspace, float]] = {}
 
     async def _workspace(self, workspace_id: str, fresh: bool = False) -> Workspace | None:
-        ws = None if fresh else self._workspaces.get(workspace_id)
-        if ws is None:
-            ws = await self.store.get_workspace(workspace_id)
-            if ws is not None:
-                self._workspaces[workspace_id] = ws
-            else:
-                self._workspaces.pop(workspace_id, None)
+        kept = None if fresh else self._workspaces.get(workspace_id)
+        if kept is not None and time.monotonic() - kept[1] < WORKSPACE_TTL:
+            return kept[0]
+        ws = await self.store.get_workspace(workspace_id)
+        if ws is not None:
+            self._workspaces[workspace_id] = (ws, time.monotonic())
+        else:
+            self._workspaces.pop(workspace_id, None)
         return ws
 
     def _secret(self, ciphertext: str) -> str:

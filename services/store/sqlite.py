@@ -13,6 +13,7 @@ caught ``IntegrityError``), never by reading first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from dataclasses import fields as dc_fields
@@ -203,8 +204,13 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dc_fields(cls))
+
+
 def _row_values(obj: Any) -> dict[str, Any]:
-    return {f.name: _encode(f.name, getattr(obj, f.name)) for f in dc_fields(obj)}
+    return {name: _encode(name, getattr(obj, name)) for name in _field_names(type(obj))}
 
 
 def _from_row(cls: type, row: sqlite3.Row | None) -> Any:
