@@ -118,8 +118,13 @@ class JobRunner:
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
-        """New work was stored: look now instead of at the next poll."""
-        self._wake.set()
+        """New work was stored: look now instead of at the next poll (if a job could start
+        now: else the next one to finish looks; in a flood that saves a turn per request)."""
+        if len(self._in_flight) < self._limit():
+            self._wake.set()
+
+    def _limit(self) -> int:
+        return FLOOD_CONCURRENCY if self.intake >= FLOOD_INTAKE else self.concurrency
 
     @property
     def running(self) -> int:
@@ -207,8 +212,9 @@ class JobRunner:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            flood = self.intake >= FLOOD_INTAKE
-            free = (FLOOD_CONCURRENCY if flood else self.concurrency) - len(self._in_flight)
+            # Cleared before the claim, so work stored while it runs wakes the next turn.
+            self._wake.clear()
+            free = self._limit() - len(self._in_flight)
             jobs = []
             looked_at = self.clock()
             self._looked_at = time.monotonic()
@@ -222,7 +228,6 @@ class JobRunner:
                 self._in_flight[task] = job.seq
                 task.add_done_callback(self._done)
             if not jobs:
-                self._wake.clear()
                 # Poll, or look again when a job this instance put back falls due, if sooner.
                 while self._dues and self._dues[0] <= looked_at:  # those were claimable just now
                     heapq.heappop(self._dues)
@@ -230,7 +235,8 @@ class JobRunner:
                 if self._dues:
                     timeout = min(timeout, max(0.0, self._dues[0] - self.clock()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                        await self._wake.wait()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
