@@ -601,7 +601,7 @@ def figure(results: Results) -> list[str]:
     path = _load.plot_bars(
         FIGURES / "teams_ingest_throughput.png",
         "Teams → neetoChat: activities/s through /api/messages (median, range of rounds)",
-        [t.label.replace(" (reference)", "") for t in present],
+        [t.label.replace(" (reference)", "").replace("bridge, SQLite, ", "bridge, SQLite,\n") for t in present],
         [results.rates(t.key) for t in present],
         "activities/s",
         goal=goal,
