@@ -657,7 +657,9 @@ class IdentityServer:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                self._runner = web.AppRunner(self.identity.app(), access_log=None)
+                # A stand-in stops at once: a graceful wait for a client's idle or half-open
+                # TLS connection held every test that used it for the 30 s stop() allows.
+                self._runner = web.AppRunner(self.identity.app(), access_log=None, shutdown_timeout=0.5)
                 loop.run_until_complete(self._runner.setup())
                 site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls.server_ssl_context())
                 loop.run_until_complete(site.start())
