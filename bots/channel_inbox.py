@@ -29,6 +29,7 @@ from cachetools import TTLCache
 
 from services.inbox import store_teams_activity
 from services.store.base import Portal, Store
+from services.teams import split_thread
 
 PORTAL_TTL = 5.0
 
@@ -51,7 +52,7 @@ def channel_message_place(activity: dict[str, Any]) -> tuple[str, str | None] | 
         return None
     if not (isinstance(activity_id, str) and activity_id):
         return None
-    return channel_id, conversation_id.partition(";messageid=")[2] or None
+    return channel_id, split_thread(conversation_id)[1]
 
 
 class ChannelInbox:

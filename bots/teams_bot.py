@@ -29,6 +29,7 @@ from services.context import BOT_REMOVED, BridgeContext
 from services.inbox import teams_work
 from services.log_context import bind
 from services.store.base import Installation, Job, Portal
+from services.teams import split_thread
 from services.teams_content import mentioned_people, read_activity
 from services.to_neetochat import Refused
 
@@ -234,7 +235,7 @@ class TeamsBot(TeamsActivityHandler):
             return None  # 1:1 and group chats are not conversation channels
         # A reply in a thread has ``;messageid=<root>`` in its conversation id: a conversation
         # living as a thread of the notification channel is found by that root.
-        thread_id = (activity.conversation.id or "").partition(";messageid=")[2] or None
+        _, thread_id = split_thread(activity.conversation.id or "")
         portal = await self.store.get_portal_by_channel(channel_id, thread_id)
         if portal is None or portal.state != "open":
             return None

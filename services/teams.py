@@ -33,6 +33,14 @@ from services.metrics import Metrics
 from services.rate_limits import RateLimiter, Window
 
 
+def split_thread(conversation_id: str) -> tuple[str, str | None]:
+    """(channel id, thread root id or None) of a Teams channel conversation id: a post in a
+    thread, and every channel message Teams sends a bot, is addressed as
+    ``<channel>;messageid=<root>``."""
+    channel_id, _, root = conversation_id.partition(";messageid=")
+    return channel_id, root or None
+
+
 def _remote_error(exc: Exception) -> RemoteError:
     if isinstance(exc, HttpOperationError):
         response = getattr(exc, "response", None)
@@ -85,7 +93,7 @@ class TeamsPoster:
 
         The thread is keyed by the channel, also for posts in a reply chain: Teams does not
         say whether a reply chain is its own thread, and the stricter reading never 429s."""
-        channel_id = conversation_id.partition(";messageid=")[0]
+        channel_id, _ = split_thread(conversation_id)
         return self._limiter.slot(
             "Teams",
             [

@@ -48,6 +48,7 @@ from services.context import BridgeContext
 from services.errors import RemoteError
 from services.neetochat import MAX_UPLOAD_BYTES
 from services.store.base import Workspace
+from services.teams import split_thread
 from services.teams_text import html_to_text, parse_teams_html
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ async def _from_hosted_contents(
         raise Unavailable("the team's group id is not known")
     channel = client.teams.by_team_id(group_id).channels.by_channel_id(payload["channel_id"])
     conversation_id = ((payload.get("reference") or {}).get("conversation") or {}).get("id") or ""
-    root = conversation_id.partition(";messageid=")[2] or payload["activity_id"]
+    root = split_thread(conversation_id)[1] or payload["activity_id"]
     message = channel.messages.by_chat_message_id(root)
     if root != payload["activity_id"]:
         message = message.replies.by_chat_message_id1(payload["activity_id"])

@@ -32,6 +32,7 @@ from services.context import BridgeContext
 from services.errors import RemoteError
 from services.identities import acting_agent
 from services.store.base import MessageLink, Workspace
+from services.teams import split_thread
 from services.to_teams import close_portal, post_once
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ async def report_delivery(ctx: BridgeContext, ws: Workspace, payload: dict[str, 
     delivered after all), so a thread never fills up with notices. Success on the first
     try says nothing."""
     reference = payload["reference"]
-    channel_id, _, root = reference["conversation"]["id"].partition(";messageid=")
+    channel_id, root = split_thread(reference["conversation"]["id"])
     key = f"delivery:{payload['activity_id']}"
     activity = Activity(type=ActivityTypes.message, text=notices.notice_html(text), text_format="xml")
     link = await ctx.store.get_link_by_neeto_id(ws.id, key)
@@ -205,7 +206,7 @@ async def report_delivery(ctx: BridgeContext, ws: Workspace, payload: dict[str, 
         await ctx.poster.update(reference, link.teams_activity_id, activity)
         return
     dest = await ctx.destination(ws, payload["user"].get("team_id"))
-    await post_once(ctx, dest, payload["conversation_id"], key, channel_id, activity, thread_id=root or None)
+    await post_once(ctx, dest, payload["conversation_id"], key, channel_id, activity, thread_id=root)
 
 
 async def report_success(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import pytest_asyncio
@@ -480,10 +479,14 @@ async def test_transcript_setting_and_reopened_flag_round_trip(store: Store):
     assert (await store.get_portal("ws1", "c1")).reopened is False
 
 
-def _reopenable(backend: str, tmp_path: Path) -> tuple[ModuleType, Callable[[], Store]]:
-    """The backend's module (its ``MIGRATIONS``) and a factory of the same store, opened
-    again and again (one SQLite file, one mongomock database)."""
+def _reopenable(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, applied: Callable[[int], bool]
+) -> Callable[[], Store]:
+    """A factory of the same store, opened again and again (one SQLite file, one mongomock
+    database), that applies only the migrations whose number ``applied`` accepts, until
+    ``monkeypatch.undo()``: the store as an older version left it."""
     module = sys.modules[SqliteStore.__module__ if backend == "sqlite" else MongoStore.__module__]
+    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if applied(m[0])])
     client = AsyncMongoMockClient()
 
     def make() -> Store:
@@ -491,15 +494,14 @@ def _reopenable(backend: str, tmp_path: Path) -> tuple[ModuleType, Callable[[], 
             return SqliteStore(str(tmp_path / "bridge.sqlite3"))
         return MongoStore(client, "bridge_test")
 
-    return module, make
+    return make
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
 async def test_schema_6_reads_older_workspaces_and_portals_with_the_defaults(backend, tmp_path, monkeypatch):
     """A store written before schema 6: its workspaces post transcripts, its portals are
     not reopened."""
-    module, make = _reopenable(backend, tmp_path)
-    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] <= 5])
+    make = _reopenable(backend, tmp_path, monkeypatch, lambda number: number <= 5)
     old = make()
     await old.open()
     if isinstance(old, SqliteStore):  # rows as the schema-5 code wrote them: no such columns yet
@@ -656,10 +658,9 @@ async def test_sqlite_reopen_keeps_everything(tmp_path):
 @pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
 async def test_migration_4_upgrades_a_store_of_schema_3(backend, tmp_path, monkeypatch):
     """The counting indexes are added to a store that already holds jobs and portals."""
-    module, make = _reopenable(backend, tmp_path)
     # Every migration but 4: the store as it was before 4, with the columns that today's
     # create_portal writes (added by later migrations).
-    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] != 4])
+    make = _reopenable(backend, tmp_path, monkeypatch, lambda number: number != 4)
     old = make()
     await old.open()
     for key, created in (("m1", 100.0), ("m2", 200.0), ("m3", 300.0)):
@@ -951,7 +952,11 @@ async def test_identity_overrides_per_workspace_and_person_replaced_in_place(sto
     await store.set_identity_override("ws2", "aad-1", "agt-other")
     olly = await store.identity_override("ws1", "aad-1")
     assert (olly.workspace_id, olly.agent_id, olly.teams_name, olly.teams_email) == (
-        "ws1", "agt-ada", "Olly Outsider", "olly@partner.test")
+        "ws1",
+        "agt-ada",
+        "Olly Outsider",
+        "olly@partner.test",
+    )
     assert olly.updated_at > 0
     assert (await store.identity_override("ws1", "aad-2")).agent_id is None
 
@@ -959,7 +964,9 @@ async def test_identity_overrides_per_workspace_and_person_replaced_in_place(sto
     await asyncio.gather(*(store.set_identity_override("ws1", "aad-1", None, "Olly O.") for _ in range(5)))
     listed = await store.identity_overrides("ws1")
     assert [(o.aad_object_id, o.agent_id, o.teams_name) for o in listed] == [
-        ("aad-2", None, "Ada Agent"), ("aad-1", None, "Olly O.")]  # by Teams name
+        ("aad-2", None, "Ada Agent"),
+        ("aad-1", None, "Olly O."),
+    ]  # by Teams name
     assert [o.agent_id for o in await store.identity_overrides("ws2")] == ["agt-other"]
 
     assert await store.delete_identity_override("ws1", "aad-1") is True
@@ -971,8 +978,7 @@ async def test_identity_overrides_per_workspace_and_person_replaced_in_place(sto
 @pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
 async def test_migration_7_adds_identity_overrides_to_an_older_store(backend, tmp_path, monkeypatch):
     """Every migration but 7 (so today's put_workspace finds its columns), then 7."""
-    module, make = _reopenable(backend, tmp_path)
-    monkeypatch.setattr(module, "MIGRATIONS", [m for m in module.MIGRATIONS if m[0] != 7])
+    make = _reopenable(backend, tmp_path, monkeypatch, lambda number: number != 7)
     old = make()
     await old.open()
     await old.put_workspace(workspace("ws1"))
