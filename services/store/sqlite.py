@@ -189,6 +189,29 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (8, ["ALTER TABLE workspaces ADD COLUMN routes TEXT"]),  # routing rules (services/routing.py), JSON
+    (
+        9,
+        [
+            # A stored event or activity writes the job row and two index entries (its
+            # dedupe key, its place in the partition) and nothing else: every other jobs
+            # index holds only rows that some later step puts there. Four secondary
+            # indexes written per insert cost the webhook flood 8 µs a row of SQLite's
+            # thread (bench/ingest.py), more than the rest of the insert.
+            "DROP INDEX IF EXISTS jobs_pending_partition",
+            "DROP INDEX IF EXISTS jobs_pending_lease",
+            "DROP INDEX IF EXISTS jobs_workspace",
+            "DROP INDEX IF EXISTS jobs_not_done",
+            # claims (a partition's head), and the pending counts read from it alone:
+            # (status is a column too, so that SQLite reads the counts from the index alone)
+            """CREATE INDEX jobs_pending_partition ON jobs(partition, seq, workspace_id, created_at, status)
+                WHERE status = 'pending'""",
+            # "is a job of my partition under a live lease?": only claimed jobs are in it
+            """CREATE INDEX jobs_leased ON jobs(partition, lease_until)
+                WHERE status = 'pending' AND lease_owner IS NOT NULL""",
+            # dead letters: counts, listing (newest first), replay
+            "CREATE INDEX jobs_dead ON jobs(workspace_id, finished_at, status) WHERE status = 'dead'",
+        ],
+    ),
 ]
 
 _JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload", "routes"}
@@ -225,6 +248,25 @@ def _from_row(cls: type, row: sqlite3.Row | None) -> Any:
             value = bool(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+# A workspace's pending jobs, found through jobs_pending_partition: their partitions all
+# start with "<workspace>:" (services/inbox.py), a range of the index; the workspace column,
+# also in the index, settles ids that themselves contain ":".
+_PENDING_OF_WORKSPACE = "partition >= :lo AND partition < :hi AND workspace_id = :ws"
+
+
+def _partitions_of(workspace_id: str) -> dict[str, str]:
+    return {"lo": workspace_id + ":", "hi": workspace_id + ";", "ws": workspace_id}  # ";" follows ":"
+
+
+@functools.lru_cache(maxsize=64)
+def _enqueue_sql(rows: int) -> str:
+    """``SqliteStore._insert_jobs``' statement for a batch of ``rows`` jobs (batches have a
+    few sizes: building the text per request was a measurable part of a webhook)."""
+    columns = "kind, workspace_id, partition, dedupe_key, payload, attempts, next_attempt_at, last_error, created_at"
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO jobs ({columns}) VALUES {values} ON CONFLICT(dedupe_key) DO NOTHING RETURNING seq, dedupe_key"
 
 
 def _insert_sql(table: str, columns: list[str]) -> str:
@@ -380,7 +422,9 @@ class SqliteStore(Store):
             await db.execute("DELETE FROM message_links WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM neeto_teams WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM identity_overrides WHERE workspace_id = ?", (workspace_id,))
-            await db.execute("DELETE FROM jobs WHERE workspace_id = ? AND status = 'pending'", (workspace_id,))
+            await db.execute(
+                f"DELETE FROM jobs WHERE status = 'pending' AND {_PENDING_OF_WORKSPACE}", _partitions_of(workspace_id)
+            )
         return existed
 
     # installations -------------------------------------------------------------------
@@ -607,22 +651,22 @@ class SqliteStore(Store):
 
     async def _insert_jobs(self, batch: list[tuple[Job, asyncio.Future[bool]]]) -> None:
         """One multi-row INSERT; the rows it returns are the jobs that were new (a dedupe key
-        stored before, or twice in the batch, inserts nothing the second time)."""
-        rows = []
+        stored before, or twice in the batch, inserts nothing the second time). A new job is
+        pending and unleased whatever the object says: those columns keep their defaults."""
+        params: list[Any] = []
         for job, _ in batch:
-            values = _row_values(job)
-            del values["seq"]
-            values.update(status="pending", lease_owner=None, lease_until=0.0, finished_at=None)
-            values["created_at"] = job.created_at or time.time()
-            rows.append(values)
-        columns = list(rows[0])
-        one = "(" + ", ".join("?" for _ in columns) + ")"
-        sql = (
-            f"INSERT INTO jobs ({', '.join(columns)}) VALUES {', '.join(one for _ in rows)}"
-            " ON CONFLICT(dedupe_key) DO NOTHING RETURNING seq, dedupe_key"
-        )
-        params = [row[c] for row in rows for c in columns]
-        inserted = {key: int(seq) for seq, key in await self.db.execute_fetchall(sql, params)}
+            params += (
+                job.kind,
+                job.workspace_id,
+                job.partition,
+                job.dedupe_key,
+                orjson.dumps(job.payload).decode(),
+                job.attempts,
+                job.next_attempt_at,
+                job.last_error,
+                job.created_at or time.time(),
+            )
+        inserted = {key: int(seq) for seq, key in await self.db.execute_fetchall(_enqueue_sql(len(batch)), params)}
         for job, waiting in batch:
             seq = inserted.pop(job.dedupe_key, None)
             if seq is not None:
@@ -657,8 +701,9 @@ class SqliteStore(Store):
         SELECT j.seq FROM heads JOIN jobs AS j ON j.seq = heads.seq
         WHERE j.next_attempt_at <= :now
           AND NOT EXISTS (
-            SELECT 1 FROM jobs AS l INDEXED BY jobs_pending_lease
-            WHERE l.status = 'pending' AND l.partition = j.partition AND l.lease_until > :now)
+            SELECT 1 FROM jobs AS l INDEXED BY jobs_leased
+            WHERE l.status = 'pending' AND l.lease_owner IS NOT NULL AND l.partition = j.partition
+              AND l.lease_until > :now)
         ORDER BY j.seq
         LIMIT :limit
     """
@@ -738,21 +783,24 @@ class SqliteStore(Store):
         )
 
     async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
-        # One walk of jobs_not_done (its WHERE spelled out so SQLite may use it): the
-        # pending and dead jobs, in status order, the done ones never read.
-        where, params = ("AND workspace_id = ?", (workspace_id,)) if workspace_id is not None else ("", ())
-        counts = JobCounts()
+        # The pending jobs from jobs_pending_partition alone (it covers workspace and
+        # created_at), the dead ones from jobs_dead: the done jobs are never read.
+        pending_where, dead_where, params = "", "", ()
+        if workspace_id is not None:
+            pending_where, dead_where = f"AND {_PENDING_OF_WORKSPACE}", "AND workspace_id = :ws"
+            params = _partitions_of(workspace_id)
         rows = await self._all(
-            f"""SELECT status, COUNT(*), MIN(created_at) FROM jobs
-                WHERE (status = 'pending' OR status = 'dead') {where} GROUP BY status""",
+            f"""SELECT (SELECT COUNT(*) FROM jobs INDEXED BY jobs_pending_partition
+                        WHERE status = 'pending' {pending_where}),
+                       (SELECT MIN(created_at) FROM jobs INDEXED BY jobs_pending_partition
+                        WHERE status = 'pending' {pending_where}),
+                       (SELECT COUNT(*) FROM jobs INDEXED BY jobs_dead WHERE status = 'dead' {dead_where})""",
             params,
         )
-        for status, n, oldest in rows:
-            if status == "pending":
-                counts.pending, counts.oldest_pending_at = int(n), float(oldest)
-            else:
-                counts.dead = int(n)
-        return counts
+        pending, oldest, dead = rows[0]
+        return JobCounts(
+            pending=int(pending), dead=int(dead), oldest_pending_at=None if oldest is None else float(oldest)
+        )
 
     async def requeue_dead_jobs(
         self, workspace_id: str, seqs: list[int] | None = None, error_prefix: str | None = None
