@@ -43,8 +43,17 @@ Update = Callable[..., Awaitable[None]]
 @dataclass
 class _Refresh:
     targets: list[tuple[dict, str]]  # (thread reference, activity id of the card)
-    card: Activity
+    build: Callable[[], Activity]
     retries: int = 0
+    _card: Activity | None = None
+
+    @property
+    def card(self) -> Activity:
+        """Built when it is first sent: most refreshes are replaced by a newer one before
+        that (a busy conversation), and building a card is most of what a refresh costs."""
+        if self._card is None:
+            self._card = self.build()
+        return self._card
 
 
 class CardRefresher:
@@ -78,10 +87,11 @@ class CardRefresher:
                 "%d card refreshes dropped at shutdown (cards refresh again on the next message)", len(self._pending)
             )
 
-    def request(self, key: str, targets: list[tuple[dict, str]], card: Activity) -> None:
-        """Want ``card`` shown at ``targets``; replaces any pending state of ``key``."""
+    def request(self, key: str, targets: list[tuple[dict, str]], build: Callable[[], Activity]) -> None:
+        """Want the card ``build()`` makes shown at ``targets``; replaces any pending state
+        of ``key``. ``build`` must make the card of the state at the time of the request."""
         self._pending.pop(key, None)  # re-queued at the back: the others go first
-        self._pending[key] = _Refresh(targets, card)
+        self._pending[key] = _Refresh(targets, build)
         self._wake.set()
 
     async def update_now(self, key: str, targets: list[tuple[dict, str]], card: Activity) -> None:

@@ -673,9 +673,9 @@ def refresh_cards(
 ) -> None:
     """Ask for the conversation's cards to show its current state, in place, for everyone
     (instead of posting new noise): coalesced and low priority (services/card_refresh.py)."""
-    card = card_activity(conversation_card(dest, portal, conversation))
     key = f"{dest.workspace.id}:{portal.conversation_id}"
-    ctx.cards.request(key, _card_targets(ctx, dest, portal, channel_card=channel_card), card)
+    targets = _card_targets(ctx, dest, portal, channel_card=channel_card)
+    ctx.cards.request(key, targets, lambda: card_activity(conversation_card(dest, portal, conversation)))
 
 
 async def confirm_link(ctx: BridgeContext, ws: Workspace, payload: dict[str, Any]) -> None:
