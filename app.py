@@ -114,7 +114,8 @@ async def _bridge(app: web.Application) -> AsyncIterator[None]:
     bot_auth = ReusingBotFrameworkAuthentication(
         ConfigurationBotFrameworkAuthentication(
             bot_config, credentials_factory=CachedCredentialFactory(settings, bot_config.VALIDATE_AUTHORITY)
-        )
+        ),
+        http,
     )
     adapter = CloudAdapter(bot_auth)
     limiter = RateLimiter()

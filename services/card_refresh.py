@@ -71,8 +71,8 @@ class CardRefresher:
     async def stop(self) -> None:
         """Let the update in flight finish (for up to ``STOP_GRACE`` seconds), drop the rest.
 
-        Cancelling at once would leave botbuilder's HTTP call running in its executor
-        thread after the process has let go of it: a request half made at shutdown."""
+        Cancelling at once would cut botbuilder's HTTP call off mid-request: an update half
+        made at shutdown."""
         self._stopping.set()
         self._wake.set()
         if self._task:

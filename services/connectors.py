@@ -28,6 +28,7 @@ import hashlib
 import time
 from collections.abc import Callable
 
+import aiohttp
 from botbuilder.integration.aiohttp import ConfigurationBotFrameworkAuthentication
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import (
@@ -39,6 +40,8 @@ from botframework.connector.auth import (
     UserTokenClient,
 )
 from botframework.connector.skills import BotFrameworkClient
+
+from services.connector_http import on_aiohttp
 
 # Service URLs come from verified tokens (authenticated mode) and are a handful per cloud
 # region; the cap only keeps a local-mode bridge fed arbitrary URLs from growing forever.
@@ -52,16 +55,23 @@ MAX_VERIFIED = 1024  # tokens kept: one per connector region and app in practice
 class _ReusingConnectorFactory(ConnectorFactory):
     """botbuilder's factory for one app id, with the clients it makes kept in ``clients``."""
 
-    def __init__(self, inner: ConnectorFactory, app_id: str | None, clients: dict[ClientKey, ConnectorClient]):
+    def __init__(
+        self,
+        inner: ConnectorFactory,
+        app_id: str | None,
+        clients: dict[ClientKey, ConnectorClient],
+        session: aiohttp.ClientSession,
+    ):
         self._inner = inner
         self._app_id = app_id
         self._clients = clients
+        self._session = session
 
     async def create(self, service_url: str, audience: str | None = None) -> ConnectorClient:
         key = (self._app_id, service_url, audience)
         client = self._clients.get(key)
         if client is None:
-            client = await self._inner.create(service_url, audience)
+            client = on_aiohttp(await self._inner.create(service_url, audience), self._session)
             if len(self._clients) >= MAX_CLIENTS:
                 self._clients.pop(next(iter(self._clients)))
             client = self._clients.setdefault(key, client)
@@ -79,8 +89,14 @@ class ReusingBotFrameworkAuthentication(BotFrameworkAuthentication):
     """``ConfigurationBotFrameworkAuthentication`` whose connector and user-token clients are
     reused across turns (see the module docstring)."""
 
-    def __init__(self, inner: ConfigurationBotFrameworkAuthentication, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        inner: ConfigurationBotFrameworkAuthentication,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._inner = inner
+        self._session = session  # the connector clients send through it (services/connector_http.py)
         self._clock = clock
         self._clients: dict[ClientKey, ConnectorClient] = {}
         self._token_clients: dict[str | None, UserTokenClient] = {}
@@ -151,7 +167,7 @@ class ReusingBotFrameworkAuthentication(BotFrameworkAuthentication):
     def _reusing(self, factory: ConnectorFactory | None, claims_identity: ClaimsIdentity) -> ConnectorFactory | None:
         if factory is None:
             return None
-        return _ReusingConnectorFactory(factory, _app_id(claims_identity), self._clients)
+        return _ReusingConnectorFactory(factory, _app_id(claims_identity), self._clients, self._session)
 
 
 def _copy(result: AuthenticateRequestResult) -> AuthenticateRequestResult:

@@ -5,10 +5,13 @@ expires; a refused one is checked every time."""
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
+from aiohttp import web
 from botbuilder.integration.aiohttp import ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import Activity
+from botbuilder.schema import Activity, ConversationAccount
 from botframework.connector.auth import AuthenticateRequestResult, AuthenticationConstants, ClaimsIdentity
+from msrest.exceptions import ClientRequestError
 
 from services.connectors import VERIFIED_TTL, ReusingBotFrameworkAuthentication
 
@@ -23,7 +26,8 @@ def _claims(app_id: str) -> ClaimsIdentity:
 
 
 async def test_connector_clients_are_reused_per_service_url_and_app():
-    auth = ReusingBotFrameworkAuthentication(ConfigurationBotFrameworkAuthentication(_Config()))
+    session = aiohttp.ClientSession()
+    auth = ReusingBotFrameworkAuthentication(ConfigurationBotFrameworkAuthentication(_Config()), session)
     try:
         first = await auth.create_connector_factory(_claims("bot")).create("https://smba.example/amer/")
         again = await auth.create_connector_factory(_claims("bot")).create("https://smba.example/amer/")
@@ -38,10 +42,12 @@ async def test_connector_clients_are_reused_per_service_url_and_app():
         assert await auth.create_user_token_client(_claims("bot")) is tokens
     finally:
         await auth.close()
+        await session.close()
 
 
 async def test_an_incoming_activity_gets_the_kept_client():
-    auth = ReusingBotFrameworkAuthentication(ConfigurationBotFrameworkAuthentication(_Config()))
+    session = aiohttp.ClientSession()
+    auth = ReusingBotFrameworkAuthentication(ConfigurationBotFrameworkAuthentication(_Config()), session)
     try:
         activity = Activity(type="message", service_url="https://smba.example/amer/", channel_id="msteams")
         turn1 = await auth.authenticate_request(activity, "")
@@ -51,6 +57,7 @@ async def test_an_incoming_activity_gets_the_kept_client():
         assert client1 is client2
     finally:
         await auth.close()
+        await session.close()
 
 
 class _CountingAuth:
@@ -73,7 +80,7 @@ class _CountingAuth:
 async def test_a_verified_token_is_reused_until_it_expires_and_a_refused_one_is_never():
     now = [1_000_000.0]
     inner = _CountingAuth(expires=now[0] + 120)
-    auth = ReusingBotFrameworkAuthentication(inner, clock=lambda: now[0])
+    auth = ReusingBotFrameworkAuthentication(inner, None, clock=lambda: now[0])  # type: ignore[arg-type] # no client made
     amer = Activity(type="message", channel_id="msteams", service_url="https://smba.example/amer/")
     emea = Activity(type="message", channel_id="msteams", service_url="https://smba.example/emea/")
 
@@ -103,3 +110,41 @@ async def test_a_verified_token_is_reused_until_it_expires_and_a_refused_one_is_
     await auth.authenticate_request(amer, "")
     await auth.authenticate_request(amer, "")
     assert inner.calls.count(("", amer.service_url)) == 2, "no header: nothing to keep"
+
+
+async def test_connector_calls_go_through_the_bridges_aiohttp_session(aiohttp_server):
+    """botbuilder's requests to the Bot Connector go out on the event loop through the
+    bridge's session (services/connector_http.py), not through requests in threads: the
+    body and headers botbuilder built arrive, an empty answer is read, and a connector that
+    cannot be reached fails as msrest's ClientRequestError, which the delivery engine retries."""
+    seen: list[tuple[str, str, dict]] = []
+
+    async def activities(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.json() if request.can_read_body else {}))
+        if request.method == "DELETE":
+            return web.Response(status=200)  # no body at all
+        return web.json_response({"id": "reply-1"}, status=201)
+
+    app = web.Application()
+    app.router.add_route("*", "/v3/conversations/{conversation}/activities/{activity}", activities)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/"))
+    async with aiohttp.ClientSession() as session:
+        auth = ReusingBotFrameworkAuthentication(ConfigurationBotFrameworkAuthentication(_Config()), session)
+        try:
+            client = await auth.create_connector_factory(_claims("")).create(url)
+            reply = Activity(type="message", text="hello", conversation=ConversationAccount(id="19:c"))
+            answer = await client.conversations.reply_to_activity("19:c", "a1", reply)
+            await client.conversations.delete_activity("19:c", "a2")
+            assert answer.id == "reply-1"
+            assert [(method, path) for method, path, _ in seen] == [
+                ("POST", "/v3/conversations/19:c/activities/a1"),
+                ("DELETE", "/v3/conversations/19:c/activities/a2"),
+            ]
+            assert seen[0][2]["text"] == "hello"
+
+            await server.close()
+            with pytest.raises(ClientRequestError):
+                await client.conversations.delete_activity("19:c", "a3")
+        finally:
+            await auth.close()
