@@ -127,19 +127,29 @@ class WebhookReceiver:
         return secret
 
     async def handle(self, request: web.Request) -> web.Response:
-        bind(workspace=request.match_info["workspace"], delivery=request.headers.get("X-Neeto-Delivery"))
         try:
             workspace_id, event = await self._check(request)
         except Rejected as exc:
+            self._bind(request)
             self.metrics.webhook("rejected", exc.reason)
             log.info("webhook rejected: %s", exc.reason)
             return web.json_response({"error": str(exc)}, status=exc.status)
         self.seen_at[workspace_id] = self.clock()  # the health check reports webhooks arriving
-        stored = await store_event(self.store, workspace_id, event)
+        try:
+            stored = await store_event(self.store, workspace_id, event)
+        except Exception:
+            self._bind(request)  # for aiohttp's line about the failure (a 500: neetoChat retries)
+            raise
         if stored:
             self.on_stored()
         self.metrics.webhook("stored" if stored else "duplicate")
         return web.Response(body=STORED if stored else DUPLICATE, content_type="application/json")
+
+    @staticmethod
+    def _bind(request: web.Request) -> None:
+        """The request's ids on the log lines about it. Only when there is a line to write: a
+        webhook that is stored writes none, and it is the bridge's most frequent request."""
+        bind(workspace=request.match_info["workspace"], delivery=request.headers.get("X-Neeto-Delivery"))
 
     async def _check(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         """The verified (workspace, event) to store; ``Rejected`` says why not."""
