@@ -142,7 +142,7 @@ async def test_a_message_teams_refuses_for_good_is_reported_in_the_notification_
     assert "400" in dead["reason"]
 
 
-async def test_a_flood_of_incoming_work_runs_delivery_two_at_a_time_until_it_passes(connected):
+async def test_a_flood_of_incoming_work_runs_delivery_one_job_at_a_time_until_it_passes(connected):
     """While many webhooks and activities are being taken in at once, the job loop runs at
     most FLOOD_CONCURRENCY jobs, so the acknowledgements get the CPU; then full speed."""
     h = connected
