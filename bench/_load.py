@@ -677,8 +677,8 @@ def profile_lines(profile: Profile | None, note: str | None, title: str, *, rows
         lines += [
             "",
             f"CPU time per thread of the server while it was sampled (/proc, seconds per second; all its threads "
-            f"share core 0): {threads}. `asyncio_N` are the default executor's threads (botbuilder's connector "
-            "client sends through `requests` there), `Thread-N (_connection_worker_thread)` is aiosqlite's.",
+            f"share core 0): {threads}. `Thread-N (_connection_worker_thread)` is aiosqlite's, `asyncio_N` "
+            "the default executor's (the Bot Connector calls no longer go there: services/connector_http.py).",
         ]
     return lines
 
