@@ -511,8 +511,11 @@ def _annotate(line: str, partial: dict[str, str]) -> str:
 
 def scans(plan: list[str]) -> list[str]:
     """Plan steps that read a whole table or index rather than searching it (a scan of a
-    partial index on unfinished jobs only is bounded by the queue, not the store)."""
-    return [line for line in plan if line.startswith("SCAN") and "partial index" not in line]
+    partial index on unfinished jobs only is bounded by the queue, not the store; the
+    constant row a SELECT of scalar subqueries starts from is no table at all)."""
+    return [
+        line for line in plan if line.startswith("SCAN") and "partial index" not in line and line != "SCAN CONSTANT ROW"
+    ]
 
 
 # ------------------------------------------------------------------------------ a size
