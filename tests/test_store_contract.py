@@ -692,6 +692,41 @@ async def test_migration_4_upgrades_a_store_of_schema_3(backend, tmp_path, monke
         await new.close()
 
 
+async def test_schema_9_moves_the_jobs_indexes_and_keeps_the_queue(tmp_path, monkeypatch):
+    """A SQLite store written before schema 9 (five jobs indexes, each written per insert):
+    after the migration the jobs table has the new ones only, and its queue is as it was:
+    the pending jobs counted and claimed in order, a partition leased by another instance
+    left alone, the dead letter counted and listed."""
+    make = _reopenable("sqlite", tmp_path, monkeypatch, lambda number: number <= 8)
+    old = make()
+    await old.open()
+    for key, partition in (("a1", "ws1:a"), ("a2", "ws1:a"), ("b1", "ws1:b"), ("c1", "ws1:c")):
+        assert await old.enqueue(job(key, partition=partition, created_at=100.0))
+    assert isinstance(old, SqliteStore)
+    await old.db.execute("UPDATE jobs SET lease_owner = 'B/1', lease_until = ? WHERE dedupe_key = 'b1'", (NOW + LEASE,))
+    await old.db.execute("UPDATE jobs SET status = 'dead', finished_at = ? WHERE dedupe_key = 'c1'", (NOW,))
+    await old.close()
+
+    monkeypatch.undo()
+    new = make()
+    await new.open()
+    try:
+        assert isinstance(new, SqliteStore)
+        indexes = {
+            r[0]
+            for r in await new.db.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL"
+            )
+        }
+        assert indexes == {"jobs_dedupe", "jobs_pending_partition", "jobs_leased", "jobs_dead"}
+        counts = await new.job_counts("ws1")
+        assert (counts.pending, counts.dead, counts.oldest_pending_at) == (3, 1, 100.0)
+        assert [j.dedupe_key for j in await new.claim_jobs("A", NOW, LEASE, 10)] == ["a1"]
+        assert [j.dedupe_key for j in await new.list_dead_jobs("ws1")] == ["c1"]
+    finally:
+        await new.close()
+
+
 async def test_sqlite_metrics_queries_read_only_the_partial_indexes(tmp_path):
     """What /metrics and the operator status run never walks the jobs or portals tables
     (nor an index of all their rows): the done jobs and closed portals pile up."""
