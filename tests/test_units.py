@@ -10,6 +10,7 @@ from cards.notices import message_html
 from dialogs.commands import Command, parse_command
 from services.channel_names import FORBIDDEN, MAX_LENGTH, channel_name
 from services.config import ConfigError, Settings
+from services.teams import TeamsPoster
 from services.teams_text import html_to_text
 
 
@@ -142,3 +143,27 @@ def test_authenticated_mode_requires_secret_key():
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         Settings.from_env(env)
     assert not Settings.from_env({**env, "SECRET_KEY": "k" * 32}).local_mode
+
+
+def test_a_thread_reference_is_botbuilders_and_a_new_dict_each_time():
+    """The kept serialization (services/teams.py) is botbuilder's (its field names), and what
+    one caller does to its reference never reaches the next."""
+    poster = TeamsPoster(None, "bot-app", None, None, thread_limits=(), tenant_limits=())  # type: ignore[arg-type]
+    args = ("https://smba.example/amer/", "tenant-1", "19:chan@thread.tacv2", "1700000000000")
+    first = poster.thread_reference(*args)
+    assert first == {
+        "activityId": "1700000000000",
+        "bot": {"id": "28:bot-app"},
+        "conversation": {
+            "isGroup": True,
+            "conversationType": "channel",
+            "id": "19:chan@thread.tacv2;messageid=1700000000000",
+            "tenantID": "tenant-1",  # botbuilder's spelling for ConversationAccount.tenant_id
+        },
+        "channelId": "msteams",
+        "serviceUrl": "https://smba.example/amer/",
+    }
+    first["conversation"]["id"] = "changed"
+    assert poster.thread_reference(*args)["conversation"]["id"] == "19:chan@thread.tacv2;messageid=1700000000000"
+    other = poster.thread_reference(args[0], args[1], args[2], "1700000000001")
+    assert other["conversation"]["id"].endswith(";messageid=1700000000001")
