@@ -35,17 +35,22 @@ class _Headers:
         self.headers: dict[str, str] = {}
 
 
+def bot_authorization(credentials: Any) -> str | None:
+    """The Authorization header botbuilder's credentials sign a Bot Connector call with
+    (``Bearer <bot token>``), or None in local mode: their own ``signed_session`` decides."""
+    return credentials.signed_session(_Headers()).headers.get("Authorization")
+
+
 class BotCredentialsPolicy(SansIOHTTPPolicy):
-    """Adds the Authorization header botbuilder's credentials give (none in local mode).
-    Called on the event loop, as msrest's own credentials policy did: the token comes from
-    MSAL's cache (``services/bot_auth.py`` keeps one credentials object per app)."""
+    """Adds ``bot_authorization`` to every call. Called on the event loop, as msrest's own
+    credentials policy did: the token comes from MSAL's cache (``services/bot_auth.py``
+    keeps one credentials object per app)."""
 
     def __init__(self, credentials: Any) -> None:
         self._credentials = credentials
 
     def on_request(self, request: Request, **kwargs: Any) -> None:
-        signed = self._credentials.signed_session(_Headers())
-        authorization = signed.headers.get("Authorization")
+        authorization = bot_authorization(self._credentials)
         if authorization:
             request.http_request.headers["Authorization"] = authorization
 

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import orjson
-import requests
 from botbuilder.core import BotAdapter, TurnContext
 from botbuilder.core.teams import TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter
@@ -30,6 +29,7 @@ from botframework.connector import Channels
 from cachetools import TTLCache
 from msrest.exceptions import ClientRequestError, HttpOperationError
 
+from services.connector_http import bot_authorization
 from services.errors import RemoteError, parse_retry_after
 from services.metrics import Metrics
 from services.rate_limits import RateLimiter, Window
@@ -218,8 +218,7 @@ class TeamsPoster:
             client = turn_context.turn_state.get(BotAdapter.BOT_CONNECTOR_CLIENT_KEY)
             credentials = getattr(getattr(client, "config", None), "credentials", None)
             if credentials is not None:
-                session = await asyncio.to_thread(credentials.signed_session, requests.Session())
-                found["authorization"] = session.headers.get("Authorization")
+                found["authorization"] = await asyncio.to_thread(bot_authorization, credentials)
 
         await self._continue(reference, run)
         return found.get("authorization")
