@@ -68,22 +68,14 @@ MEMBER_TTL = 600.0
 
 
 @functools.lru_cache(maxsize=4096)
-def _thread_reference_json(
-    app_id: str, service_url: str, tenant_id: str | None, channel_id: str, activity_id: str
-) -> bytes:
-    """``TeamsPoster.thread_reference``, serialized. msrest's ``serialize`` of a reference
-    was 15 % of a delivery's CPU (every post and card refresh asks for its thread's), and a
-    conversation's thread is the same for all its messages."""
+def _channel_reference_json(app_id: str, service_url: str, tenant_id: str | None, channel_id: str) -> bytes:
+    """botbuilder's serialization of a reference into the channel, the thread left out: what
+    ``TeamsPoster.thread_reference`` fills in. msrest's ``serialize`` of a reference was 15 %
+    of a delivery's CPU, and every post (each a new thread) and card refresh asks for one."""
     return orjson.dumps(
         ConversationReference(
-            activity_id=activity_id,
             bot=ChannelAccount(id=f"28:{app_id}" if app_id else None),
-            conversation=ConversationAccount(
-                id=f"{channel_id};messageid={activity_id}",
-                is_group=True,
-                conversation_type="channel",
-                tenant_id=tenant_id,
-            ),
+            conversation=ConversationAccount(is_group=True, conversation_type="channel", tenant_id=tenant_id),
             channel_id=Channels.ms_teams,
             service_url=service_url,
         ).serialize()
@@ -160,8 +152,12 @@ class TeamsPoster:
         self, service_url: str, tenant_id: str | None, channel_id: str, activity_id: str
     ) -> dict[str, Any]:
         """The reference of the thread a root post starts (what replies and updates use):
-        a new dict each time, from botbuilder's serialization of it kept per thread."""
-        return orjson.loads(_thread_reference_json(self._app_id, service_url, tenant_id, channel_id, activity_id))
+        a new dict each time, from botbuilder's serialization kept per channel (its names:
+        ``ConversationReference.activity_id`` is ``activityId``)."""
+        reference = orjson.loads(_channel_reference_json(self._app_id, service_url, tenant_id, channel_id))
+        reference["activityId"] = activity_id
+        reference["conversation"]["id"] = f"{channel_id};messageid={activity_id}"
+        return reference
 
     async def update(
         self, reference: dict[str, Any], activity_id: str, activity: Activity, *, background: bool = False
