@@ -41,7 +41,7 @@ from botframework.connector.auth import (
 )
 from botframework.connector.skills import BotFrameworkClient
 
-from services.connector_http import on_aiohttp
+from services.connector_http import on_aiohttp, without_client_validation
 
 # Service URLs come from verified tokens (authenticated mode) and are a handful per cloud
 # region; the cap only keeps a local-mode bridge fed arbitrary URLs from growing forever.
@@ -71,7 +71,8 @@ class _ReusingConnectorFactory(ConnectorFactory):
         key = (self._app_id, service_url, audience)
         client = self._clients.get(key)
         if client is None:
-            client = on_aiohttp(await self._inner.create(service_url, audience), self._session)
+            client = await self._inner.create(service_url, audience)
+            client = without_client_validation(on_aiohttp(client, self._session))
             if len(self._clients) >= MAX_CLIENTS:
                 self._clients.pop(next(iter(self._clients)))
             client = self._clients.setdefault(key, client)
