@@ -73,6 +73,16 @@ async def web_bridge(sandbox, aiohttp_client, tmp_path):
     return client
 
 
+async def test_no_application_has_a_middleware_so_webhooks_and_activities_pay_for_none(web_bridge):
+    """The session middleware wraps the pages' handlers (services/web/__init__.py): one on
+    any application, even the pages' own, would make aiohttp run a middleware chain on every
+    request. The pages still get their session cookie (the tests below)."""
+    app = web_bridge.server.app
+    subapps = [resource.get_info()["app"] for resource in app.router.resources() if "app" in resource.get_info()]
+    assert subapps
+    assert [a for a in (app, *subapps) if a.middlewares] == []
+
+
 async def test_a_bad_link_gets_a_403_page_and_an_encrypted_locked_down_cookie(web_bridge):
     link = sign_login_link("", WS, WEBHOOK_SECRET, int(time.time()) - 5)
     resp = await web_bridge.get(link, allow_redirects=False)

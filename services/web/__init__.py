@@ -11,6 +11,7 @@ server-rendered Jinja2 templates (``templates/``, autoescaped, no JavaScript nee
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from aiohttp_session import setup as setup_session
+from aiohttp.typedefs import Handler
+from aiohttp_session import session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -51,27 +53,35 @@ def setup_web(app: web.Application, settings: Settings, runtime: Callable[[Mappi
         secure=settings.public_url.lower().startswith("https://"),
         max_age=None,  # a browser-session cookie; the pages check their own ages
     )
-    # A sub-application of its own, so only these pages pay for the session middleware
-    # (not every webhook and activity).
+    # aiohttp-session's middleware wraps each page's handler, not an application: a
+    # middleware on any application, even a sub-application, makes aiohttp run its
+    # middleware chain on every request of the server, every webhook and activity included
+    # (about 1 % of a webhook flood's CPU).
+    middleware = session_middleware(storage)
+
+    def with_session(handler: Handler) -> Handler:
+        """``handler`` run inside aiohttp-session's middleware: its session loaded, and saved
+        into the answer's cookie when changed."""
+        return functools.partial(middleware, handler=handler)
+
     pages_app = web.Application()
-    setup_session(pages_app, storage)
     aiohttp_jinja2.setup(pages_app, loader=jinja2.FileSystemLoader(str(ROOT / "templates")), autoescape=True)
     pages = Pages(settings, runtime)
     pages_app[WEB] = pages
     pages_app.add_routes(
         [
-            web.get("/login", pages.login),
-            web.get("/callback", pages.callback),
-            web.get("/pick", pages.pick),
-            web.post("/pick", pages.pick_team),
-            web.post("/check", pages.check_again),
-            web.get("/settings", pages.settings_page),
-            web.post("/settings", pages.save_settings),
-            web.post("/people", pages.save_identities),
-            web.post("/routes", pages.edit_routes),
-            web.post("/check-setup", pages.check_setup),
-            web.post("/disconnect", pages.disconnect),
-            web.get("/app-package", pages.app_package),
+            web.get("/login", with_session(pages.login)),
+            web.get("/callback", with_session(pages.callback)),
+            web.get("/pick", with_session(pages.pick)),
+            web.post("/pick", with_session(pages.pick_team)),
+            web.post("/check", with_session(pages.check_again)),
+            web.get("/settings", with_session(pages.settings_page)),
+            web.post("/settings", with_session(pages.save_settings)),
+            web.post("/people", with_session(pages.save_identities)),
+            web.post("/routes", with_session(pages.edit_routes)),
+            web.post("/check-setup", with_session(pages.check_setup)),
+            web.post("/disconnect", with_session(pages.disconnect)),
+            web.get("/app-package", with_session(pages.app_package)),
             web.static("/static", str(ROOT / "static")),
         ]
     )
