@@ -70,21 +70,24 @@ def setup_web(app: web.Application, settings: Settings, runtime: Callable[[Mappi
     pages_app[WEB] = pages
     pages_app.add_routes(
         [
-            web.get("/login", with_session(pages.login)),
-            web.get("/callback", with_session(pages.callback)),
-            web.get("/pick", with_session(pages.pick)),
-            web.post("/pick", with_session(pages.pick_team)),
-            web.post("/check", with_session(pages.check_again)),
-            web.get("/settings", with_session(pages.settings_page)),
-            web.post("/settings", with_session(pages.save_settings)),
-            web.post("/people", with_session(pages.save_identities)),
-            web.post("/routes", with_session(pages.edit_routes)),
-            web.post("/check-setup", with_session(pages.check_setup)),
-            web.post("/disconnect", with_session(pages.disconnect)),
-            web.get("/app-package", with_session(pages.app_package)),
-            web.static("/static", str(ROOT / "static")),
+            web.route(method, path, with_session(handler))
+            for method, path, handler in (
+                ("GET", "/login", pages.login),
+                ("GET", "/callback", pages.callback),
+                ("GET", "/pick", pages.pick),
+                ("POST", "/pick", pages.pick_team),
+                ("POST", "/check", pages.check_again),
+                ("GET", "/settings", pages.settings_page),
+                ("POST", "/settings", pages.save_settings),
+                ("POST", "/people", pages.save_identities),
+                ("POST", "/routes", pages.edit_routes),
+                ("POST", "/check-setup", pages.check_setup),
+                ("POST", "/disconnect", pages.disconnect),
+                ("GET", "/app-package", pages.app_package),
+            )
         ]
     )
+    pages_app.router.add_static("/static", str(ROOT / "static"))
     app.add_subapp("/teams", pages_app)
 
 
