@@ -37,6 +37,29 @@ from services.store.base import (
 # Numbered migrations: (number, statements). Applied in order, each inside the one
 # transaction taken at open(); the numbers applied are recorded in ``schema_version``.
 # Never edit a released migration: append a new one.
+# The bodies of the triggers that keep queue_heads (migration 10). A job joining the queue
+# (stored, or a dead one replayed) may be its partition's new head; a job leaving it
+# (finished, or deleted) hands the head to the next pending job of its partition, found by
+# walking jobs_pending in seq order from it, no further than the partition's last seq; the
+# row goes when nothing of the partition is pending. A partition belongs to one workspace
+# (services/inbox.py).
+_JOIN_QUEUE = """
+    INSERT INTO queue_heads (workspace_id, partition, head_seq, tail_seq, pending)
+    VALUES (NEW.workspace_id, NEW.partition, NEW.seq, NEW.seq, 1)
+    ON CONFLICT (workspace_id, partition) DO UPDATE SET
+        head_seq = MIN(head_seq, excluded.head_seq), tail_seq = MAX(tail_seq, excluded.tail_seq), pending = pending + 1;
+"""
+_LEAVE_QUEUE = """
+    UPDATE queue_heads SET
+        pending = pending - 1,
+        head_seq = CASE WHEN head_seq != OLD.seq THEN head_seq ELSE COALESCE(
+            (SELECT seq FROM jobs INDEXED BY jobs_pending
+             WHERE status = 'pending' AND seq > OLD.seq AND seq <= queue_heads.tail_seq AND partition = OLD.partition
+             ORDER BY seq LIMIT 1), head_seq) END
+    WHERE workspace_id = OLD.workspace_id AND partition = OLD.partition;
+    DELETE FROM queue_heads WHERE workspace_id = OLD.workspace_id AND partition = OLD.partition AND pending <= 0;
+"""
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -213,6 +236,40 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX jobs_dead ON jobs(workspace_id, finished_at, status) WHERE status = 'dead'",
         ],
     ),
+    (
+        10,
+        [
+            # Each partition with pending jobs has a row in queue_heads, kept by triggers on
+            # jobs: its head (the earliest pending job), an upper bound of its pending seqs,
+            # and how many are pending. A claim reads the heads from this small table, and a
+            # stored job's index entries are appended at the end of two indexes (dedupe key
+            # and jobs_pending, in seq order). The index in partition order it replaces got
+            # an entry in the middle of each partition's range: one more page written per
+            # conversation in each group commit, 3 µs a row of SQLite's thread in a flood
+            # over 10 conversations and 6 µs over 100 (docs/performance.md).
+            """CREATE TABLE queue_heads (
+                workspace_id TEXT NOT NULL,
+                partition TEXT NOT NULL,
+                head_seq INTEGER NOT NULL,
+                tail_seq INTEGER NOT NULL,
+                pending INTEGER NOT NULL,
+                PRIMARY KEY (workspace_id, partition)
+            ) WITHOUT ROWID""",
+            """INSERT INTO queue_heads (workspace_id, partition, head_seq, tail_seq, pending)
+               SELECT workspace_id, partition, MIN(seq), MAX(seq), COUNT(*) FROM jobs
+               WHERE status = 'pending' GROUP BY workspace_id, partition""",
+            "CREATE INDEX jobs_pending ON jobs(seq, partition) WHERE status = 'pending'",
+            "DROP INDEX jobs_pending_partition",
+            f"""CREATE TRIGGER jobs_queue_insert AFTER INSERT ON jobs
+                WHEN NEW.status = 'pending' BEGIN {_JOIN_QUEUE} END""",
+            f"""CREATE TRIGGER jobs_queue_return AFTER UPDATE OF status ON jobs
+                WHEN OLD.status != 'pending' AND NEW.status = 'pending' BEGIN {_JOIN_QUEUE} END""",
+            f"""CREATE TRIGGER jobs_queue_finish AFTER UPDATE OF status ON jobs
+                WHEN OLD.status = 'pending' AND NEW.status != 'pending' BEGIN {_LEAVE_QUEUE} END""",
+            f"""CREATE TRIGGER jobs_queue_delete AFTER DELETE ON jobs
+                WHEN OLD.status = 'pending' BEGIN {_LEAVE_QUEUE} END""",
+        ],
+    ),
 ]
 
 _JSON_FIELDS = {"authorizing_user", "conversation_reference", "payload", "routes"}
@@ -249,16 +306,6 @@ def _from_row(cls: type, row: sqlite3.Row | None) -> Any:
             value = bool(value)
         kwargs[f.name] = value
     return cls(**kwargs)
-
-
-# A workspace's pending jobs, found through jobs_pending_partition: their partitions all
-# start with "<workspace>:" (services/inbox.py), a range of the index; the workspace column,
-# also in the index, settles ids that themselves contain ":".
-_PENDING_OF_WORKSPACE = "partition >= :lo AND partition < :hi AND workspace_id = :ws"
-
-
-def _partitions_of(workspace_id: str) -> dict[str, str]:
-    return {"lo": workspace_id + ":", "hi": workspace_id + ";", "ws": workspace_id}  # ";" follows ":"
 
 
 @functools.lru_cache(maxsize=64)
@@ -426,8 +473,11 @@ class SqliteStore(Store):
             await db.execute("DELETE FROM message_links WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM neeto_teams WHERE workspace_id = ?", (workspace_id,))
             await db.execute("DELETE FROM identity_overrides WHERE workspace_id = ?", (workspace_id,))
+            # its queue first, so that the triggers have no heads to move on
+            await db.execute("DELETE FROM queue_heads WHERE workspace_id = ?", (workspace_id,))
             await db.execute(
-                f"DELETE FROM jobs WHERE status = 'pending' AND {_PENDING_OF_WORKSPACE}", _partitions_of(workspace_id)
+                "DELETE FROM jobs INDEXED BY jobs_pending WHERE status = 'pending' AND workspace_id = ?",
+                (workspace_id,),
             )
         return existed
 
@@ -680,30 +730,16 @@ class SqliteStore(Store):
     # back), and no pending job of its partition is under a live lease (whoever holds
     # it: a partition is worked on by one owner at a time).
     #
-    # The heads are found by a loose index scan of jobs_pending_partition (partition,
-    # seq): ``part`` hops from one partition to the next, one index probe each, and
-    # ``heads`` takes each one's smallest seq. So a claim costs one probe per partition
-    # with pending work, however long the backlog behind the heads: walking the pending
-    # jobs instead cost 4 ms at 10,000 pending and 22 ms at 50,000, for every claim,
-    # under the store's lock, which during a webhook flood held the webhooks back.
+    # The heads are read from queue_heads, one row per partition with pending work: a
+    # claim costs one probe per such partition, however long the backlog behind the
+    # heads (walking the pending jobs instead cost 4 ms at 10,000 pending and 22 ms at
+    # 50,000, for every claim, under the store's lock).
     _CLAIMABLE = """
-        WITH RECURSIVE part(name) AS (
-            SELECT MIN(partition) FROM jobs INDEXED BY jobs_pending_partition WHERE status = 'pending'
-            UNION ALL
-            SELECT (SELECT MIN(partition) FROM jobs INDEXED BY jobs_pending_partition
-                    WHERE status = 'pending' AND partition > part.name)
-            FROM part WHERE part.name IS NOT NULL
-        ),
-        heads(seq) AS (
-            SELECT (SELECT MIN(seq) FROM jobs INDEXED BY jobs_pending_partition
-                    WHERE status = 'pending' AND partition = part.name)
-            FROM part WHERE part.name IS NOT NULL
-        )
-        SELECT j.seq FROM heads JOIN jobs AS j ON j.seq = heads.seq
+        SELECT j.seq FROM queue_heads AS h JOIN jobs AS j ON j.seq = h.head_seq
         WHERE j.next_attempt_at <= :now
           AND NOT EXISTS (
             SELECT 1 FROM jobs AS l INDEXED BY jobs_leased
-            WHERE l.status = 'pending' AND l.lease_owner IS NOT NULL AND l.partition = j.partition
+            WHERE l.status = 'pending' AND l.lease_owner IS NOT NULL AND l.partition = h.partition
               AND l.lease_until > :now)
         ORDER BY j.seq
         LIMIT :limit
@@ -777,24 +813,25 @@ class SqliteStore(Store):
         return int(row[0]) if row else 0
 
     async def release_leases(self, owner_prefix: str) -> int:
+        # read from jobs_leased: the claimed jobs only, not every pending one
         return await self._write(
-            """UPDATE jobs SET lease_owner = NULL, lease_until = 0
-               WHERE status = 'pending' AND substr(lease_owner, 1, ?) = ?""",
+            """UPDATE jobs INDEXED BY jobs_leased SET lease_owner = NULL, lease_until = 0
+               WHERE status = 'pending' AND lease_owner IS NOT NULL AND substr(lease_owner, 1, ?) = ?""",
             (len(owner_prefix), owner_prefix),
         )
 
     async def job_counts(self, workspace_id: str | None = None) -> JobCounts:
-        # The pending jobs from jobs_pending_partition alone (it covers workspace and
-        # created_at), the dead ones from jobs_dead: the done jobs are never read.
-        pending_where, dead_where, params = "", "", ()
+        # The pending ones from queue_heads: a row per partition with pending work, whose
+        # head is its oldest pending job (a partition's jobs are created in seq order). The
+        # dead ones from jobs_dead. The done jobs are never read.
+        heads, dead_where, params = "queue_heads", "", {}
         if workspace_id is not None:
-            pending_where, dead_where = f"AND {_PENDING_OF_WORKSPACE}", "AND workspace_id = :ws"
-            params = _partitions_of(workspace_id)
+            heads, dead_where = "queue_heads WHERE workspace_id = :ws", "AND workspace_id = :ws"
+            params = {"ws": workspace_id}
         rows = await self._all(
-            f"""SELECT (SELECT COUNT(*) FROM jobs INDEXED BY jobs_pending_partition
-                        WHERE status = 'pending' {pending_where}),
-                       (SELECT MIN(created_at) FROM jobs INDEXED BY jobs_pending_partition
-                        WHERE status = 'pending' {pending_where}),
+            f"""SELECT (SELECT TOTAL(pending) FROM {heads}),
+                       (SELECT MIN(j.created_at) FROM (SELECT head_seq FROM {heads}) AS h
+                        JOIN jobs AS j ON j.seq = h.head_seq),
                        (SELECT COUNT(*) FROM jobs INDEXED BY jobs_dead WHERE status = 'dead' {dead_where})""",
             params,
         )
