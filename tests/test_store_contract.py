@@ -729,19 +729,21 @@ async def test_migration_4_upgrades_a_store_of_schema_3(backend, tmp_path, monke
         await new.close()
 
 
-async def test_schema_9_moves_the_jobs_indexes_and_keeps_the_queue(tmp_path, monkeypatch):
-    """A SQLite store written before schema 9 (five jobs indexes, each written per insert):
-    after the migration the jobs table has the new ones only, and its queue is as it was:
-    the pending jobs counted and claimed in order, a partition leased by another instance
-    left alone, the dead letter counted and listed."""
+async def test_schemas_9_and_10_move_the_jobs_indexes_and_keep_the_queue(tmp_path, monkeypatch):
+    """A SQLite store written before schema 9 (five jobs indexes, each written per insert;
+    heads found in an index in partition order): after the migrations the jobs table has
+    the new indexes only, queue_heads holds each conversation's head, and the queue goes on
+    where it was: a partition leased by another instance stays its until that lease ends,
+    finished and dead jobs stay out, the counts are the same."""
     make = _reopenable("sqlite", tmp_path, monkeypatch, lambda number: number <= 8)
     old = make()
     await old.open()
-    for key, partition in (("a1", "ws1:a"), ("a2", "ws1:a"), ("b1", "ws1:b"), ("c1", "ws1:c")):
+    for key, partition in (("a1", "ws1:a"), ("b1", "ws1:b"), ("a2", "ws1:a"), ("b2", "ws1:b"), ("c1", "ws1:c")):
         assert await old.enqueue(job(key, partition=partition, created_at=100.0))
-    assert isinstance(old, SqliteStore)
-    await old.db.execute("UPDATE jobs SET lease_owner = 'B/1', lease_until = ? WHERE dedupe_key = 'b1'", (NOW + LEASE,))
+    assert isinstance(old, SqliteStore)  # as the older claims and finishes left them:
+    await old.db.execute("UPDATE jobs SET status = 'done', finished_at = ? WHERE dedupe_key = 'a1'", (NOW,))
     await old.db.execute("UPDATE jobs SET status = 'dead', finished_at = ? WHERE dedupe_key = 'c1'", (NOW,))
+    await old.db.execute("UPDATE jobs SET lease_owner = 'B/1', lease_until = ? WHERE dedupe_key = 'b1'", (NOW + LEASE,))
     await old.close()
 
     monkeypatch.undo()
@@ -756,39 +758,11 @@ async def test_schema_9_moves_the_jobs_indexes_and_keeps_the_queue(tmp_path, mon
             )
         }
         assert indexes == {"jobs_dedupe", "jobs_pending", "jobs_leased", "jobs_dead"}
-        counts = await new.job_counts("ws1")
-        assert (counts.pending, counts.dead, counts.oldest_pending_at) == (3, 1, 100.0)
-        assert [j.dedupe_key for j in await new.claim_jobs("A", NOW, LEASE, 10)] == ["a1"]
-        assert [j.dedupe_key for j in await new.list_dead_jobs("ws1")] == ["c1"]
-    finally:
-        await new.close()
-
-
-async def test_schema_10_builds_the_queue_heads_from_the_pending_jobs(tmp_path, monkeypatch):
-    """A SQLite store written before schema 10 (heads found in an index in partition order):
-    after the migration each conversation's queue goes on where it was, a partition leased by
-    another instance stays its until the lease ends, finished and dead jobs stay out, and
-    the counts are the same."""
-    make = _reopenable("sqlite", tmp_path, monkeypatch, lambda number: number <= 9)
-    old = make()
-    await old.open()
-    for key, partition in (("a1", "ws1:a"), ("b1", "ws1:b"), ("a2", "ws1:a"), ("b2", "ws1:b"), ("c1", "ws1:c")):
-        assert await old.enqueue(job(key, partition=partition, created_at=100.0))
-    assert isinstance(old, SqliteStore)  # as schema 9's claims and finishes left them:
-    await old.db.execute("UPDATE jobs SET status = 'done', finished_at = ? WHERE dedupe_key = 'a1'", (NOW,))
-    await old.db.execute("UPDATE jobs SET status = 'dead', finished_at = ? WHERE dedupe_key = 'c1'", (NOW,))
-    await old.db.execute("UPDATE jobs SET lease_owner = 'B/1', lease_until = ? WHERE dedupe_key = 'b1'", (NOW + LEASE,))
-    await old.close()
-
-    monkeypatch.undo()
-    new = make()
-    await new.open()
-    try:
-        assert isinstance(new, SqliteStore)
         heads = await new.db.execute_fetchall("SELECT partition, pending FROM queue_heads ORDER BY partition")
         assert [tuple(r) for r in heads] == [("ws1:a", 1), ("ws1:b", 2)]
         counts = await new.job_counts("ws1")
         assert (counts.pending, counts.dead, counts.oldest_pending_at) == (3, 1, 100.0)
+        assert [j.dedupe_key for j in await new.list_dead_jobs("ws1")] == ["c1"]
         assert [j.dedupe_key for j in await new.claim_jobs("A", NOW, LEASE, 10)] == ["a2"]
         [b1] = await new.db.execute_fetchall("SELECT seq FROM jobs WHERE dedupe_key = 'b1'")
         assert await new.finish_job(b1[0], "B/1", "done")
