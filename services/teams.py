@@ -1,8 +1,9 @@
-"""Posting into Teams channels as the bot, with botbuilder's CloudAdapter (proactive).
+"""Posting into Teams channels as the bot, with botbuilder (its Bot Connector client, and its
+CloudAdapter's proactive turns).
 
-A new root post in a channel is botbuilder's ``create_conversation`` with the channel in
-``channelData`` (what ``TeamsInfo.send_message_to_teams_channel`` does); updates and
-deletes continue the stored ``ConversationReference``. Each call makes one attempt and
+A new root post in a channel is the connector client's ``create_conversation`` with the
+channel in ``channelData`` (what ``TeamsInfo.send_message_to_teams_channel`` does); updates,
+replies and deletes continue the stored ``ConversationReference``. Each call makes one attempt and
 raises ``RemoteError``: the durable job loop decides about retries.
 """
 
@@ -26,6 +27,8 @@ from botbuilder.schema import (
 )
 from botbuilder.schema.teams import ChannelInfo, TeamsChannelData, TenantInfo
 from botframework.connector import Channels
+from botframework.connector.aio import ConnectorClient
+from botframework.connector.auth import AuthenticationConstants
 from cachetools import TTLCache
 from msrest.exceptions import ClientRequestError, HttpOperationError
 
@@ -126,7 +129,13 @@ class TeamsPoster:
     async def post_to_channel(
         self, *, service_url: str, tenant_id: str | None, channel_id: str, activity: Activity
     ) -> str:
-        """Post ``activity`` as a new root post in the channel; returns its activity id."""
+        """Post ``activity`` as a new root post in the channel; returns its activity id.
+
+        botbuilder's Bot Connector client makes the call (``create_conversation`` with the
+        channel in ``channelData``, as ``TeamsInfo.send_message_to_teams_channel`` does),
+        without the proactive turn the adapter wraps around it: that turn's activity, context
+        and middleware pipeline were a tenth of a post's CPU, and all the bridge takes from
+        it is the new post's id."""
         params = ConversationParameters(
             is_group=True,
             bot=ChannelAccount(id=f"28:{self._app_id}" if self._app_id else None),
@@ -134,19 +143,26 @@ class TeamsPoster:
             tenant_id=tenant_id,
             activity=activity,
         )
-        result: dict[str, str] = {}
-
-        async def capture(turn_context: TurnContext) -> None:
-            result["id"] = turn_context.activity.id
-
         async with self._slot(channel_id, tenant_id), self._metrics.call("Teams", "create_conversation"):
             try:
-                await self._adapter.create_conversation(
-                    self._app_id, capture, params, Channels.ms_teams, service_url, None
-                )
+                connector = await self._connector(service_url)
+                created = await connector.conversations.create_conversation(params)
             except _CALL_ERRORS as exc:
                 raise _remote_error(exc) from exc
-        return result["id"]
+        # Teams answers the post's id, and the thread it starts as "<channel>;messageid=<id>"
+        activity_id = created.activity_id or split_thread(created.id or "")[1]
+        if not activity_id:
+            # posted, but which post is it? The rerun asks Graph (services/to_teams.py).
+            raise RemoteError("Teams", f"create_conversation answered no activity id: {created.id!r}")
+        return activity_id
+
+    async def _connector(self, service_url: str) -> ConnectorClient:
+        """The bot's connector client for ``service_url``, as the adapter gets it for a
+        proactive call (kept per service URL: services/connectors.py)."""
+        claims = self._adapter.create_claims_identity(self._app_id)
+        claims.claims[AuthenticationConstants.SERVICE_URL_CLAIM] = service_url
+        factory = self._adapter.bot_framework_authentication.create_connector_factory(claims)
+        return await factory.create(service_url, None)
 
     def thread_reference(
         self, service_url: str, tenant_id: str | None, channel_id: str, activity_id: str

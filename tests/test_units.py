@@ -5,11 +5,16 @@ a bridge that starts in local mode against Microsoft's cloud."""
 from __future__ import annotations
 
 import pytest
+from botbuilder.schema import Activity, ConversationResourceResponse
+from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
 
 from cards.notices import message_html
 from dialogs.commands import Command, parse_command
 from services.channel_names import FORBIDDEN, MAX_LENGTH, channel_name
 from services.config import ConfigError, Settings
+from services.errors import RemoteError
+from services.metrics import Metrics
+from services.rate_limits import RateLimiter
 from services.teams import TeamsPoster
 from services.teams_text import html_to_text
 
@@ -167,3 +172,67 @@ def test_a_thread_reference_is_botbuilders_and_a_new_dict_each_time():
     assert poster.thread_reference(*args)["conversation"]["id"] == "19:chan@thread.tacv2;messageid=1700000000000"
     other = poster.thread_reference(args[0], args[1], args[2], "1700000000001")
     assert other["conversation"]["id"].endswith(";messageid=1700000000001")
+
+
+class _Connector:
+    """A Bot Connector client whose create_conversation answers ``answer``."""
+
+    def __init__(self, answer: ConversationResourceResponse) -> None:
+        self.conversations = self
+        self.answer = answer
+        self.sent: list = []
+
+    async def create_conversation(self, params):
+        self.sent.append(params)
+        return self.answer
+
+
+class _Adapter:
+    """What TeamsPoster asks of botbuilder's CloudAdapter to get the connector client."""
+
+    def __init__(self, connector: _Connector) -> None:
+        self.bot_framework_authentication = self
+        self.connector = connector
+        self.service_urls: list[str] = []
+
+    def create_claims_identity(self, app_id: str) -> ClaimsIdentity:
+        return ClaimsIdentity({AuthenticationConstants.AUDIENCE_CLAIM: app_id}, True)
+
+    def create_connector_factory(self, claims):
+        self.service_urls.append(claims.claims[AuthenticationConstants.SERVICE_URL_CLAIM])
+        return self
+
+    async def create(self, service_url: str, audience):
+        return self.connector
+
+
+@pytest.mark.parametrize(
+    ("answer", "posted"),
+    [
+        (ConversationResourceResponse(id="19:chan@thread.tacv2;messageid=42", activity_id="42"), "42"),
+        (ConversationResourceResponse(id="19:chan@thread.tacv2;messageid=43"), "43"),  # no activityId
+        (ConversationResourceResponse(id="19:chan@thread.tacv2"), None),  # neither: which post is it?
+    ],
+)
+async def test_a_root_post_gives_the_id_teams_answered(answer, posted):
+    """A channel post goes through the bot's connector client for the service URL, with the
+    channel and tenant in channelData; its id is Teams' activityId, or the thread's in the
+    conversation id; an answer with neither fails the attempt (the rerun asks Graph)."""
+    connector = _Connector(answer)
+    adapter = _Adapter(connector)
+    poster = TeamsPoster(adapter, "bot-app", RateLimiter(), Metrics(), thread_limits=(), tenant_limits=())  # type: ignore[arg-type]
+    post = poster.post_to_channel(
+        service_url="https://smba.example/amer/",
+        tenant_id="tenant-1",
+        channel_id="19:chan@thread.tacv2",
+        activity=Activity(type="message", text="hello"),
+    )
+    if posted is None:
+        with pytest.raises(RemoteError):
+            await post
+    else:
+        assert await post == posted
+    [params] = connector.sent
+    assert adapter.service_urls == ["https://smba.example/amer/"]
+    assert params.channel_data.channel.id == "19:chan@thread.tacv2" and params.tenant_id == "tenant-1"
+    assert params.bot.id == "28:bot-app" and params.activity.text == "hello"
